@@ -1,0 +1,19 @@
+//! A client for the Duo Auth API v2.
+//!
+//! * [`sign`] holds request signing as pure functions (no clock, no I/O), tested against
+//!   vectors computed with Duo's official client.
+//! * [`client`] is the transport: a blocking HTTPS client whose every call has a deadline and
+//!   whose errors are named for the decision they drive ([`Error`]).
+//! * [`types`] holds the typed requests and answers.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod error;
+pub mod secret;
+pub mod sign;
+pub mod types;
+
+pub use client::{Client, ClientConfig};
+pub use error::Error;
+pub use secret::Secret;
+pub use sign::SigVersion;

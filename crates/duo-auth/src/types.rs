@@ -1,0 +1,122 @@
+//! Typed requests and answers of the Auth API endpoints this crate calls. Unknown fields in
+//! Duo's answers are ignored, as Duo asks of its clients.
+
+use serde::Deserialize;
+
+/// The JSON envelope of every answer.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Envelope {
+    pub stat: String,
+    #[serde(default)]
+    pub response: Option<serde_json::Value>,
+    #[serde(default)]
+    pub code: Option<u32>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub message_detail: Option<String>,
+}
+
+/// `/auth/v2/ping`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Ping {
+    /// Duo's clock, Unix seconds.
+    pub time: i64,
+}
+
+/// One device a user may authenticate with.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    pub device: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// `/auth/v2/preauth`: what Duo says about a user before any factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preauth {
+    /// The user must authenticate with one of these devices.
+    Auth { devices: Vec<Device> },
+    /// No second factor needed (bypass, trusted network, remembered device).
+    Allow { status_msg: String },
+    /// Not allowed (locked out, policy).
+    Deny { status_msg: String },
+    /// The user is not enrolled.
+    Enroll {
+        status_msg: String,
+        enroll_portal_url: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PreauthRaw {
+    pub result: String,
+    #[serde(default)]
+    pub status_msg: String,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    #[serde(default)]
+    pub enroll_portal_url: String,
+}
+
+/// The factor an `/auth/v2/auth` call uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Factor {
+    /// A push to `device` (a device id or `auto`), with `pushinfo` (URL-encoded pairs) shown on
+    /// the phone.
+    Push { device: String, pushinfo: String },
+    /// A passcode (hardware token, Duo Mobile code, SMS code).
+    Passcode(String),
+    /// A phone call to `device`.
+    Phone { device: String },
+    /// Duo chooses (push if possible, else a call).
+    Auto { device: String },
+}
+
+/// One `/auth/v2/auth` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    pub username: String,
+    pub factor: Factor,
+    pub ipaddr: Option<String>,
+    /// `async=1`: answer with a txid at once, then poll `auth_status`.
+    pub asynchronous: bool,
+}
+
+/// Outcome of an authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Allow,
+    Deny,
+    Waiting,
+}
+
+/// `auth` (sync) or `auth_status`: the result with Duo's status words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthStatus {
+    pub result: AuthResult,
+    pub status: String,
+    pub status_msg: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuthStatusRaw {
+    pub result: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub status_msg: String,
+}
+
+/// What `/auth/v2/auth` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStart {
+    /// Async: poll `auth_status` with this transaction id.
+    Txid(String),
+    /// Sync: the final result.
+    Done(AuthStatus),
+}
