@@ -1,0 +1,624 @@
+//! The configuration file: the seed's JSON format, unchanged, plus optional additions.
+//!
+//! Read in two stages: a raw serde struct that refuses unknown keys, then a checked [`Config`].
+//! Every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use duo_auth::{Secret, SigVersion};
+use serde::Deserialize;
+
+/// Where the embedded store lives when the config names no cache.
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/check-duo/sessions.db";
+/// Config files larger than this are not configs.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A configuration error: the file, the key (dotted path, empty for the whole file) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config {}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "config {}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How a user's password is checked.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// The seed's plaintext `password` (kept for compatibility; `config check` warns).
+    Plain(Secret),
+    /// `$2b$`/`$2y$`/`$2a$` bcrypt, as `htpasswd -B` writes.
+    Bcrypt(String),
+    /// `$argon2id$` PHC string.
+    Argon2id(String),
+}
+
+impl Credential {
+    /// A stable string that changes when the credential changes (binds cached sessions to it).
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            Credential::Plain(p) => p.expose(),
+            Credential::Bcrypt(h) | Credential::Argon2id(h) => h,
+        }
+    }
+}
+
+/// What to do when Duo cannot be asked (Duo's own semantics, see the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    /// Deny (the default).
+    Secure,
+    /// Allow after the password alone; logged loudly.
+    Safe,
+}
+
+#[derive(Clone, Debug)]
+pub struct DuoConfig {
+    pub ikey: String,
+    pub skey: Secret,
+    pub host: String,
+    pub ca_pem: Option<Vec<u8>>,
+    pub failmode: FailMode,
+    /// Deadline for the whole second factor (preauth, push, waiting for the answer).
+    pub push_timeout: Duration,
+    /// Deadline for each single call.
+    pub call_timeout: Duration,
+    pub sig_version: SigVersion,
+}
+
+#[derive(Clone, Debug)]
+pub enum CacheConfig {
+    Redis {
+        /// `redis://` or `rediss://` URL (built from host/port/db when the seed's keys are used).
+        url: Secret,
+        prefix: String,
+        /// CA for `rediss://` (replaces the compiled-in roots).
+        ca_pem: Option<Vec<u8>>,
+        timeout: Duration,
+    },
+    Embedded {
+        path: PathBuf,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub name: String,
+    /// How long an approval is cached; zero means Duo on every request (as the seed).
+    pub expiry: Duration,
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub users: BTreeMap<String, Credential>,
+    pub duo: DuoConfig,
+    pub cache: CacheConfig,
+    pub session: SessionConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    username: Option<String>,
+    password: Option<String>,
+    usernames: Option<BTreeMap<String, String>>,
+    duo: RawDuo,
+    cache: Option<RawCache>,
+    session: Option<RawSession>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuo {
+    ikey: String,
+    skey: String,
+    host: String,
+    ca_file: Option<PathBuf>,
+    failmode: Option<String>,
+    push_timeout: Option<u64>,
+    call_timeout: Option<u64>,
+    signature: Option<String>,
+}
+
+/// The seed writes `"port": "6379"`; numbers are accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrNum {
+    Num(u64),
+    Str(String),
+}
+
+impl StrOrNum {
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            StrOrNum::Num(n) => Some(*n),
+            StrOrNum::Str(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    host: Option<String>,
+    port: Option<StrOrNum>,
+    db: Option<StrOrNum>,
+    prefix: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    path: Option<PathBuf>,
+    timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    name: Option<String>,
+    expiry: Option<u64>,
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err("", format!("cannot read: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err("", "file too large".into()));
+        }
+        let text = std::fs::read(path).map_err(|e| err("", format!("cannot read: {e}")))?;
+        Config::parse(path, &text)
+    }
+
+    /// Check a config from its bytes; `path` names it in errors and resolves nothing.
+    pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            err(&key, e.into_inner().to_string())
+        })?;
+
+        let users = users(&raw, &err)?;
+        let duo = duo(&raw.duo, &err)?;
+        let cache = cache(raw.cache.as_ref(), &err)?;
+        let session = match raw.session {
+            Some(s) => SessionConfig {
+                name: s.name.unwrap_or_else(|| "formsession".into()),
+                expiry: Duration::from_secs(s.expiry.unwrap_or(14400)),
+            },
+            None => SessionConfig {
+                name: "formsession".into(),
+                expiry: Duration::from_secs(14400),
+            },
+        };
+        if session.name.is_empty()
+            || !session
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'=' | b';' | b','))
+        {
+            return Err(err("session.name", "not a cookie name".into()));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            users,
+            duo,
+            cache,
+            session,
+        })
+    }
+}
+
+type ErrFn<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
+
+fn users(raw: &RawConfig, err: &ErrFn<'_>) -> Result<BTreeMap<String, Credential>, ConfigError> {
+    let mut users = BTreeMap::new();
+    match (&raw.username, &raw.password) {
+        (Some(u), Some(p)) => {
+            check_username(u).map_err(|m| err("username", m))?;
+            if p.is_empty() {
+                return Err(err("password", "empty".into()));
+            }
+            users.insert(u.clone(), credential(p));
+        }
+        (Some(_), None) => return Err(err("password", "missing (username needs it)".into())),
+        (None, Some(_)) => return Err(err("username", "missing (password needs it)".into())),
+        (None, None) => {}
+    }
+    for (name, hash) in raw.usernames.iter().flatten() {
+        let key = format!("usernames.{name}");
+        check_username(name).map_err(|m| err(&key, m))?;
+        let cred = credential(hash);
+        if matches!(cred, Credential::Plain(_)) {
+            return Err(err(
+                &key,
+                "not a bcrypt ($2b$/$2y$) or argon2id ($argon2id$) hash".into(),
+            ));
+        }
+        if let Credential::Argon2id(h) = &cred {
+            argon2::PasswordHash::new(h)
+                .map_err(|e| err(&key, format!("bad argon2id hash: {e}")))?;
+        }
+        if users.insert(name.clone(), cred).is_some() {
+            return Err(err(&key, "user defined twice".into()));
+        }
+    }
+    if users.is_empty() {
+        return Err(err(
+            "usernames",
+            "no user configured (set `usernames` or `username` and `password`)".into(),
+        ));
+    }
+    Ok(users)
+}
+
+fn check_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        Err("not a valid user name".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn credential(s: &str) -> Credential {
+    if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
+        Credential::Bcrypt(s.to_string())
+    } else if s.starts_with("$argon2id$") {
+        Credential::Argon2id(s.to_string())
+    } else {
+        Credential::Plain(Secret::new(s))
+    }
+}
+
+fn read_pem(path: &Path, key: &str, err: &ErrFn<'_>) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| err(key, format!("{}: {e}", path.display())))?;
+    let mut n = 0;
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        cert.map_err(|e| err(key, format!("{}: {e}", path.display())))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(err(
+            key,
+            format!("{}: no PEM certificate in it", path.display()),
+        ));
+    }
+    Ok(pem)
+}
+
+fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<DuoConfig, ConfigError> {
+    if raw.ikey.trim().is_empty() {
+        return Err(err("duo.ikey", "empty".into()));
+    }
+    if raw.skey.is_empty() {
+        return Err(err("duo.skey", "empty".into()));
+    }
+    let host = raw.host.trim();
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    {
+        return Err(err(
+            "duo.host",
+            "not a host name (with an optional :port)".into(),
+        ));
+    }
+    let ca_pem = match &raw.ca_file {
+        Some(p) => Some(read_pem(p, "duo.ca_file", err)?),
+        None => None,
+    };
+    let failmode = match raw.failmode.as_deref() {
+        None | Some("secure") => FailMode::Secure,
+        Some("safe") => FailMode::Safe,
+        Some(other) => {
+            return Err(err(
+                "duo.failmode",
+                format!("{other:?}: expected \"secure\" or \"safe\""),
+            ))
+        }
+    };
+    let push_timeout = raw.push_timeout.unwrap_or(60);
+    let call_timeout = raw.call_timeout.unwrap_or(10);
+    if !(1..=600).contains(&push_timeout) {
+        return Err(err("duo.push_timeout", "must be 1..=600 seconds".into()));
+    }
+    if !(1..=120).contains(&call_timeout) {
+        return Err(err("duo.call_timeout", "must be 1..=120 seconds".into()));
+    }
+    let sig_version = match raw.signature.as_deref() {
+        None | Some("v2-sha512") => SigVersion::V2Sha512,
+        Some("v2-sha1") => SigVersion::V2Sha1,
+        Some("v5") => SigVersion::V5,
+        Some(other) => {
+            return Err(err(
+                "duo.signature",
+                format!("{other:?}: expected \"v2-sha512\", \"v2-sha1\" or \"v5\""),
+            ))
+        }
+    };
+    Ok(DuoConfig {
+        ikey: raw.ikey.trim().to_string(),
+        skey: Secret::new(raw.skey.clone()),
+        host: host.to_string(),
+        ca_pem,
+        failmode,
+        push_timeout: Duration::from_secs(push_timeout),
+        call_timeout: Duration::from_secs(call_timeout),
+        sig_version,
+    })
+}
+
+fn cache(raw: Option<&RawCache>, err: &ErrFn<'_>) -> Result<CacheConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(CacheConfig::Embedded {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+            timeout: Duration::from_secs(2),
+        });
+    };
+    let timeout = Duration::from_secs(raw.timeout.unwrap_or(2));
+    if !(1..=60).contains(&timeout.as_secs()) {
+        return Err(err("cache.timeout", "must be 1..=60 seconds".into()));
+    }
+    let redis_keys = raw.host.is_some()
+        || raw.port.is_some()
+        || raw.db.is_some()
+        || raw.username.is_some()
+        || raw.password.is_some();
+    if let Some(path) = &raw.path {
+        if redis_keys || raw.url.is_some() || raw.prefix.is_some() || raw.ca_file.is_some() {
+            return Err(err(
+                "cache.path",
+                "the embedded store takes only `path` (and `timeout`); Redis keys given too".into(),
+            ));
+        }
+        if path.as_os_str().is_empty() {
+            return Err(err("cache.path", "empty".into()));
+        }
+        return Ok(CacheConfig::Embedded {
+            path: path.clone(),
+            timeout,
+        });
+    }
+    let prefix = raw.prefix.clone().unwrap_or_default();
+    let ca_pem = match &raw.ca_file {
+        Some(p) => Some(read_pem(p, "cache.ca_file", err)?),
+        None => None,
+    };
+    let url = if let Some(url) = &raw.url {
+        if redis_keys {
+            return Err(err(
+                "cache.url",
+                "give either `url` or host/port/db/username/password, not both".into(),
+            ));
+        }
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(err(
+                "cache.url",
+                "must start with redis:// or rediss://".into(),
+            ));
+        }
+        if url.contains("#insecure") {
+            return Err(err(
+                "cache.url",
+                "#insecure (no certificate check) is not allowed".into(),
+            ));
+        }
+        url.clone()
+    } else {
+        let host = raw.host.clone().unwrap_or_else(|| "localhost".into());
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(err("cache.host", "not a host name".into()));
+        }
+        let port = match &raw.port {
+            None => 6379,
+            Some(p) => p
+                .as_u64()
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or_else(|| err("cache.port", "not a port number".into()))?,
+        };
+        let db = match &raw.db {
+            None => 0,
+            Some(d) => d
+                .as_u64()
+                .ok_or_else(|| err("cache.db", "not a database number".into()))?,
+        };
+        let auth = match (&raw.username, &raw.password) {
+            (None, None) => String::new(),
+            (u, p) => format!(
+                "{}:{}@",
+                duo_auth::sign::encode(u.as_deref().unwrap_or("")),
+                duo_auth::sign::encode(p.as_deref().unwrap_or(""))
+            ),
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("redis://{auth}{host}:{port}/{db}")
+    };
+    if ca_pem.is_some() && !url.starts_with("rediss://") {
+        return Err(err(
+            "cache.ca_file",
+            "only used with a rediss:// url".into(),
+        ));
+    }
+    Ok(CacheConfig::Redis {
+        url: Secret::new(url),
+        prefix,
+        ca_pem,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/check-duo/config.json"), s.as_bytes())
+    }
+
+    const SEED: &str = r#"{
+        "username": "joe",
+        "password": "s00p3rSekrit!",
+        "duo": {"ikey": "DIXXXXXXXXXXXXXXXXXX", "skey": "secret", "host": "api-xxxxxxxx.duosecurity.com"},
+        "cache": {"host": "localhost", "port": "6379"},
+        "session": {"name": "formsession", "expiry": 14400}
+    }"#;
+
+    #[test]
+    fn seed_config_parses() {
+        let c = parse(SEED).unwrap();
+        assert!(matches!(c.users["joe"], Credential::Plain(_)));
+        match &c.cache {
+            CacheConfig::Redis { url, prefix, .. } => {
+                assert_eq!(url.expose(), "redis://localhost:6379/0");
+                assert_eq!(prefix, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.session.expiry, Duration::from_secs(14400));
+        assert_eq!(c.duo.failmode, FailMode::Secure);
+    }
+
+    #[test]
+    fn numeric_port_and_db() {
+        let c = parse(&SEED.replace(
+            r#""port": "6379""#,
+            r#""port": 6380, "db": "2", "prefix": "cd:""#,
+        ))
+        .unwrap();
+        match &c.cache {
+            CacheConfig::Redis { url, prefix, .. } => {
+                assert_eq!(url.expose(), "redis://localhost:6380/2");
+                assert_eq!(prefix, "cd:");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_cache_means_embedded_default() {
+        let c =
+            parse(&SEED.replace(r#""cache": {"host": "localhost", "port": "6379"},"#, "")).unwrap();
+        match c.cache {
+            CacheConfig::Embedded { path, .. } => assert_eq!(path, Path::new(DEFAULT_STORE_PATH)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e =
+            parse(&SEED.replace(r#""host": "api"#, r#""hots": "x", "host": "api"#)).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("/etc/check-duo/config.json"), "{s}");
+        assert!(s.contains("duo"), "{s}");
+        assert!(s.contains("hots"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = parse(&SEED.replace(r#""expiry": 14400"#, r#""expiry": "soon""#)).unwrap_err();
+        assert_eq!(e.key, "session.expiry");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (from, to, key) in [
+            (r#""port": "6379""#, r#""port": "http""#, "cache.port"),
+            (
+                r#""host": "api-xxxxxxxx.duosecurity.com""#,
+                r#""host": "a/b""#,
+                "duo.host",
+            ),
+            (
+                r#""skey": "secret""#,
+                r#""skey": "secret", "failmode": "open""#,
+                "duo.failmode",
+            ),
+            (
+                r#""skey": "secret""#,
+                r#""skey": "secret", "push_timeout": 0"#,
+                "duo.push_timeout",
+            ),
+            (
+                r#""name": "formsession""#,
+                r#""name": "a;b""#,
+                "session.name",
+            ),
+            (
+                r#""port": "6379""#,
+                r#""port": "6379", "path": "/x""#,
+                "cache.path",
+            ),
+        ] {
+            let text = SEED.replace(from, to);
+            assert_ne!(text, SEED, "{from}");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn hashed_users() {
+        let text = r#"{"usernames": {"alice": "$2y$05$abcdefghijklmnopqrstuuJ1Jt3m6lI0tM2rR1nD4JzGm9b0p0p7C",
+                                     "bob": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$Z3JvdW5kdHJ1dGhncm91bmR0cnV0aA"},
+                       "duo": {"ikey": "I", "skey": "S", "host": "127.0.0.1:8443"},
+                       "cache": {"path": "/tmp/x.db"}}"#;
+        let c = parse(text).unwrap();
+        assert!(matches!(c.users["alice"], Credential::Bcrypt(_)));
+        assert!(matches!(c.users["bob"], Credential::Argon2id(_)));
+        let e = parse(&text.replace("$2y$05", "plain")).unwrap_err();
+        assert_eq!(e.key, "usernames.alice");
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let e = Config::load(Path::new("/nonexistent/check-duo.json")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/check-duo.json"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for t in ["", "null", "[]", "{", "{\"duo\": 1}", "\u{0}"] {
+            assert!(parse(t).is_err(), "{t:?}");
+        }
+    }
+}

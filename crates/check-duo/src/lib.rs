@@ -1,0 +1,16 @@
+//! check-duo: a two-factor gate for Apache's `mod_authnz_external`.
+//!
+//! The decision core ([`gate`]) knows nothing of Apache: the pipe front-end ([`input`]) turns
+//! stdin and the documented environment variables into a [`input::Request`], the core answers
+//! with a [`log::Decision`], and `main` turns that into an exit status and one log line.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cookie;
+pub mod duo;
+pub mod gate;
+pub mod input;
+pub mod log;
+pub mod password;
+pub mod session;
+pub mod store;

@@ -1,0 +1,127 @@
+//! The embedded store: one SQLite file shared by the processes of one machine (WAL mode, so
+//! readers never wait for the writer).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{Entry, Store, StoreError};
+
+pub struct EmbeddedStore {
+    conn: Connection,
+}
+
+fn err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("embedded store {what}: {e}"))
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path, timeout: Duration) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError(format!("embedded store {}: {e}", path.display())))?;
+        conn.busy_timeout(timeout).map_err(err("busy_timeout"))?;
+        // The schema statement is a no-op once the tables exist.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS sessions (
+                 key TEXT PRIMARY KEY, user TEXT NOT NULL, approved_at INTEGER NOT NULL,
+                 tag TEXT NOT NULL, ip TEXT NOT NULL, expires_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);",
+        )
+        .map_err(err("schema"))?;
+        Ok(EmbeddedStore { conn })
+    }
+
+    /// Remove expired rows (done on every write; reads ignore them anyway).
+    fn sweep(&self, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])
+            .map_err(err("sweep"))?;
+        self.conn
+            .execute("DELETE FROM locks WHERE expires_at <= ?1", params![now])
+            .map_err(err("sweep"))?;
+        Ok(())
+    }
+}
+
+fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX / 2)
+}
+
+impl Store for EmbeddedStore {
+    fn get(&mut self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT user, approved_at, tag, ip FROM sessions WHERE key = ?1 AND expires_at > ?2",
+                params![key, now],
+                |r| {
+                    Ok(Entry {
+                        user: r.get(0)?,
+                        approved_at: r.get(1)?,
+                        tag: r.get(2)?,
+                        ip: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("read"))
+    }
+
+    fn put(&mut self, key: &str, e: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError> {
+        self.sweep(now)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO sessions (key, user, approved_at, tag, ip, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    key,
+                    e.user,
+                    e.approved_at,
+                    e.tag,
+                    e.ip,
+                    now.saturating_add(ttl_secs(ttl))
+                ],
+            )
+            .map_err(err("write"))?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM sessions WHERE key = ?1", params![key])
+            .map_err(err("delete"))?;
+        Ok(n > 0)
+    }
+
+    fn try_lock(&mut self, key: &str, ttl: Duration, now: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM locks WHERE key = ?1 AND expires_at <= ?2",
+                params![key, now],
+            )
+            .map_err(err("lock"))?;
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO locks (key, expires_at) VALUES (?1, ?2)",
+                params![key, now.saturating_add(ttl_secs(ttl))],
+            )
+            .map_err(err("lock"))?;
+        Ok(n == 1)
+    }
+
+    fn unlock(&mut self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM locks WHERE key = ?1", params![key])
+            .map_err(err("unlock"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! The session store: approvals cached by keyed session id, with a TTL, shared by every process
+//! (and, with Redis, every web server). Two backends behind one trait, tested by one suite.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::CacheConfig;
+
+mod embedded;
+mod redis;
+
+pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
+
+/// One cached approval. It holds neither the password nor the cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub user: String,
+    /// Unix seconds of the Duo approval.
+    pub approved_at: i64,
+    /// Keyed tag over user, password and the configured credential (see `session`): lets the warm
+    /// path reject a wrong password without running the password hash.
+    pub tag: String,
+    /// Client address at approval.
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// A store failure (the request is denied).
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Session storage. `key` is already a keyed hash of the session cookie; `now` is Unix seconds.
+pub trait Store {
+    fn get(&mut self, key: &str, now: i64) -> Result<Option<Entry>, StoreError>;
+    /// Write atomically with its time to live.
+    fn put(&mut self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError>;
+    /// Remove one session; true if it existed.
+    fn delete(&mut self, key: &str) -> Result<bool, StoreError>;
+    /// Take the push lock of a session for `ttl`; false when another process holds it.
+    fn try_lock(&mut self, key: &str, ttl: Duration, now: i64) -> Result<bool, StoreError>;
+    fn unlock(&mut self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Open the store the config names.
+pub fn open(cfg: &CacheConfig) -> Result<Box<dyn Store>, StoreError> {
+    match cfg {
+        CacheConfig::Embedded { path, timeout } => {
+            Ok(Box::new(EmbeddedStore::open(path, *timeout)?))
+        }
+        CacheConfig::Redis {
+            url,
+            prefix,
+            ca_pem,
+            timeout,
+        } => Ok(Box::new(RedisStore::open(
+            url.expose(),
+            prefix,
+            ca_pem.as_deref(),
+            *timeout,
+        )?)),
+    }
+}
