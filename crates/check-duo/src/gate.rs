@@ -32,6 +32,8 @@ impl Clock for SystemClock {
 /// How often a request waiting for another process's push looks at the store.
 const WAIT_POLL: Duration = Duration::from_millis(200);
 
+const CONCURRENT_APPROVAL: &str = "approved by a concurrent request of the same session";
+
 /// Decide one request.
 pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause) -> Decision {
     let credential = cfg.users.get(&req.user);
@@ -81,11 +83,9 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
 
     // Warm path: a keyed lookup and an HMAC, no password hash.
     if let Some(s) = store.as_mut() {
-        match s.get(&id, clock.now()) {
-            Ok(Some(e)) if e.user == req.user && tags_equal(&e.tag, &tag) => {
-                return Decision::grant("cached session");
-            }
-            Ok(_) => {}
+        match approved(s.as_mut(), &id, &req.user, &tag, clock.now()) {
+            Ok(true) => return Decision::grant("cached session"),
+            Ok(false) => {}
             Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
         }
     }
@@ -107,6 +107,11 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
         Ok(true) => {}
         Ok(false) => return wait_for_other(store.as_mut(), &id, &req.user, &tag, deadline, clock),
         Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+    }
+    // A request that held the lock may have stored its approval after our first look.
+    if let Ok(true) = approved(store.as_mut(), &id, &req.user, &tag, clock.now()) {
+        let _ = store.unlock(&id);
+        return Decision::grant(CONCURRENT_APPROVAL);
     }
     let mut decision = push(cfg, req, deadline, pause);
     if decision.granted() && !decision.fail_open {
@@ -148,6 +153,17 @@ fn push(cfg: &Config, req: &Request, deadline: Instant, pause: &dyn Pause) -> De
     }
 }
 
+/// True when the store holds an approval of this session for this user and password.
+fn approved(
+    store: &mut dyn Store,
+    id: &str,
+    user: &str,
+    tag: &str,
+    now: i64,
+) -> Result<bool, crate::store::StoreError> {
+    Ok(matches!(store.get(id, now)?, Some(e) if e.user == user && tags_equal(&e.tag, tag)))
+}
+
 /// Another request of this session is asking Duo: wait for its approval to land in the store.
 fn wait_for_other(
     store: &mut dyn Store,
@@ -158,23 +174,17 @@ fn wait_for_other(
     clock: &dyn Clock,
 ) -> Decision {
     loop {
-        match store.get(id, clock.now()) {
-            Ok(Some(e)) if e.user == user && tags_equal(&e.tag, tag) => {
-                return Decision::grant("approved by a concurrent request of the same session")
-            }
-            Ok(_) => {}
+        match approved(store, id, user, tag, clock.now()) {
+            Ok(true) => return Decision::grant(CONCURRENT_APPROVAL),
+            Ok(false) => {}
             Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
         }
         // The lock is gone and no approval was stored: that push was not approved.
         match store.try_lock(id, Duration::from_secs(1), clock.now()) {
             Ok(true) => {
                 let _ = store.unlock(id);
-                if let Ok(Some(e)) = store.get(id, clock.now()) {
-                    if e.user == user && tags_equal(&e.tag, tag) {
-                        return Decision::grant(
-                            "approved by a concurrent request of the same session",
-                        );
-                    }
+                if let Ok(true) = approved(store, id, user, tag, clock.now()) {
+                    return Decision::grant(CONCURRENT_APPROVAL);
                 }
                 return Decision::deny("the concurrent push of this session was not approved");
             }
