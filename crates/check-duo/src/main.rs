@@ -104,5 +104,9 @@ fn report(
         decision,
         duration: started.elapsed(),
     };
-    eprintln!("{line}");
+    // One write, so that lines of concurrent processes never interleave in Apache's log.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr().lock(),
+        format!("{line}\n").as_bytes(),
+    );
 }

@@ -1,5 +1,9 @@
-//! The embedded store: one SQLite file shared by the processes of one machine (WAL mode, so
-//! readers never wait for the writer).
+//! The embedded store: one SQLite file shared by the processes of one machine.
+//!
+//! It keeps SQLite's default rollback journal rather than WAL: nearly every request only reads,
+//! and with WAL the last process to close would checkpoint and delete the `-wal`/`-shm` files,
+//! which the next process then recreates — several times the cost of the read itself. Writes
+//! (one per approval) wait for readers through the busy timeout.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,9 +32,7 @@ impl EmbeddedStore {
         conn.busy_timeout(timeout).map_err(err("busy_timeout"))?;
         // The schema statement is a no-op once the tables exist.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS sessions (
+            "CREATE TABLE IF NOT EXISTS sessions (
                  key TEXT PRIMARY KEY, user TEXT NOT NULL, approved_at INTEGER NOT NULL,
                  tag TEXT NOT NULL, ip TEXT NOT NULL, expires_at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);",

@@ -1,0 +1,589 @@
+//! The real `check-duo` binary, run as mod_authnz_external runs it, against `duo-sim` and a real
+//! store: the same suite for the embedded store and for a real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duo_sim::{Behaviours, PreauthKind, PushKind, RateLimit, SimConfig, SimHandle, UserBehaviour};
+use serde_json::{json, Value};
+
+const IKEY: &str = "DIXYZV6YM8IFYVWBINCA";
+const SKEY: &str = "yWHSMhWucAcp7qvuH3HWTaSaKABs8Gaddiv1NIRo";
+const PASSWORD: &str = "correct horse, battery staple";
+const COOKIE: &str = "formsession=c2Vzc2lvbi1vbmU=";
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// One test's world: a simulator, a store, a config file.
+struct World {
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    config: PathBuf,
+    _redis: Option<support::redis::Redis>,
+}
+
+fn behaviours() -> Behaviours {
+    let approve_after = |ms| UserBehaviour {
+        delay_ms: ms,
+        ..UserBehaviour::push(PushKind::Approve)
+    };
+    Behaviours::default()
+        .with_user("alice", approve_after(100))
+        .with_user("bob", UserBehaviour::push(PushKind::Deny))
+        .with_user("carol", UserBehaviour::push(PushKind::Timeout))
+        .with_user("dave", UserBehaviour::preauth(PreauthKind::Allow))
+        .with_user("erin", UserBehaviour::preauth(PreauthKind::Deny))
+        .with_user("frank", UserBehaviour::preauth(PreauthKind::Enroll))
+        .with_user(
+            "hank",
+            UserBehaviour {
+                rate_limit: Some(RateLimit {
+                    times: 1,
+                    retry_after: 1,
+                }),
+                ..UserBehaviour::push(PushKind::Approve)
+            },
+        )
+        .with_user(
+            "ivan",
+            UserBehaviour {
+                error: Some(503),
+                ..Default::default()
+            },
+        )
+        .with_user("jill", UserBehaviour::push(PushKind::Manual))
+}
+
+impl World {
+    fn new(backend: Backend) -> World {
+        World::with(backend, |_| {})
+    }
+
+    fn with(backend: Backend, tweak: impl FnOnce(&mut Value)) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim_cfg = SimConfig::new(IKEY, SKEY);
+        sim_cfg.behaviours = behaviours();
+        sim_cfg.long_poll = Duration::from_millis(500);
+        let sim = duo_sim::start(sim_cfg).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, sim.ca_pem()).unwrap();
+
+        let users: serde_json::Map<String, Value> = [
+            "alice", "bob", "carol", "dave", "erin", "frank", "hank", "ivan", "jill", "nobody",
+        ]
+        .iter()
+        .map(|u| (u.to_string(), json!(argon2_hash(PASSWORD))))
+        .collect();
+        let (cache, redis) = match backend {
+            Backend::Embedded => (json!({"path": dir.path().join("sessions.db")}), None),
+            Backend::Redis => {
+                let r = support::redis::Redis::start(dir.path());
+                (
+                    json!({"host": "127.0.0.1", "port": r.port.to_string(), "prefix": "cd:"}),
+                    Some(r),
+                )
+            }
+        };
+        let mut cfg = json!({
+            "usernames": users,
+            "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
+                    "push_timeout": 10, "call_timeout": 5},
+            "cache": cache,
+            "session": {"name": "formsession", "expiry": 3600}
+        });
+        tweak(&mut cfg);
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        World {
+            dir,
+            sim,
+            config,
+            _redis: redis,
+        }
+    }
+
+    fn request(&self, user: &str, password: &str) -> Call {
+        Call {
+            config: self.config.clone(),
+            stdin: format!("{user}\n{password}\n").into_bytes(),
+            env: vec![
+                ("IP", "192.0.2.7".into()),
+                ("URI", "/private/index.html".into()),
+                ("HTTP_HOST", "app.example.test".into()),
+                ("COOKIE", format!("other=1; {COOKIE}")),
+            ],
+        }
+    }
+}
+
+/// Cached argon2id hashes: hashing is slow in debug builds.
+fn argon2_hash(pw: &str) -> String {
+    use std::sync::OnceLock;
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| check_duo::password::hash_argon2id(pw).unwrap())
+        .clone()
+}
+
+/// One run of the binary.
+struct Call {
+    config: PathBuf,
+    stdin: Vec<u8>,
+    env: Vec<(&'static str, String)>,
+}
+
+struct Outcome {
+    granted: bool,
+    code: Option<i32>,
+    log: String,
+    elapsed: Duration,
+}
+
+impl Call {
+    fn env(mut self, k: &'static str, v: &str) -> Call {
+        self.env.retain(|(name, _)| *name != k);
+        self.env.push((k, v.to_string()));
+        self
+    }
+
+    fn without(mut self, k: &str) -> Call {
+        self.env.retain(|(name, _)| *name != k);
+        self
+    }
+
+    fn stdin(mut self, bytes: &[u8]) -> Call {
+        self.stdin = bytes.to_vec();
+        self
+    }
+
+    fn run(&self) -> Outcome {
+        self.run_with(|_| {})
+    }
+
+    fn run_with(&self, extra: impl FnOnce(&mut Command)) -> Outcome {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-duo"));
+        cmd.arg("-c")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AUTHTYPE", "PASS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        extra(&mut cmd);
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&self.stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        Outcome {
+            granted: out.status.success(),
+            code: out.status.code(),
+            log,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+impl Outcome {
+    #[track_caller]
+    fn granted(&self, reason: &str) {
+        assert!(self.granted, "expected a grant, got: {}", self.log);
+        assert!(
+            self.log.contains(reason),
+            "reason {reason:?} not in: {}",
+            self.log
+        );
+        self.clean();
+    }
+
+    #[track_caller]
+    fn denied(&self, reason: &str) {
+        assert!(!self.granted, "expected a deny, got: {}", self.log);
+        assert_eq!(self.code, Some(1), "{}", self.log);
+        assert!(
+            self.log.contains(reason),
+            "reason {reason:?} not in: {}",
+            self.log
+        );
+        self.clean();
+    }
+
+    /// One line, and no secret in it.
+    #[track_caller]
+    fn clean(&self) {
+        assert_eq!(self.log.lines().count(), 1, "{}", self.log);
+        for secret in [PASSWORD, "c2Vzc2lvbi1vbmU", SKEY] {
+            assert!(!self.log.contains(secret), "secret in log: {}", self.log);
+        }
+    }
+}
+
+fn pushes(sim: &SimHandle, user: &str) -> u64 {
+    sim.counters()
+        .pushes_by_user
+        .get(user)
+        .copied()
+        .unwrap_or(0)
+}
+
+// ---- the cases, each run against both backends ----
+
+fn login_context_checks_password_only(w: &World) {
+    w.request("alice", PASSWORD)
+        .env("CONTEXT", "login")
+        .without("COOKIE")
+        .run()
+        .granted("password accepted");
+    w.request("alice", "wrong")
+        .env("CONTEXT", "login")
+        .run()
+        .denied("wrong password");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+fn cold_then_warm(w: &World) {
+    w.request("alice", PASSWORD).run().granted("push approved");
+    let c = w.sim.counters();
+    assert_eq!((c.preauth, c.auth, pushes(&w.sim, "alice")), (1, 1, 1));
+    let push = &w.sim.pushes()[0];
+    assert_eq!(
+        push.pushinfo.get("host").map(String::as_str),
+        Some("app.example.test")
+    );
+    assert_eq!(
+        push.pushinfo.get("path").map(String::as_str),
+        Some("/private/index.html")
+    );
+    assert_eq!(push.ipaddr.as_deref(), Some("192.0.2.7"));
+
+    let calls = w.sim.counters().duo_calls();
+    let warm = w.request("alice", PASSWORD).run();
+    warm.granted("cached session");
+    assert_eq!(w.sim.counters().duo_calls(), calls, "warm path called Duo");
+
+    // The warm path still rejects a wrong password, without Duo.
+    w.request("alice", "wrong").run().denied("wrong password");
+    // The session is bound to its user: another user with the same cookie is not let in.
+    w.request("bob", PASSWORD).run().denied("push denied");
+    assert_eq!(w.sim.counters().auth, 2);
+}
+
+fn wrong_password_no_duo(w: &World) {
+    w.request("alice", "nope").run().denied("wrong password");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+fn unknown_user(w: &World) {
+    w.request("mallory", PASSWORD).run().denied("unknown user");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+fn no_cookie(w: &World) {
+    w.request("alice", PASSWORD)
+        .without("COOKIE")
+        .run()
+        .denied("no session cookie");
+    w.request("alice", PASSWORD)
+        .env("COOKIE", "formsessionx=1, other=2")
+        .run()
+        .denied("no session cookie");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+fn denied_push_is_not_cached(w: &World) {
+    w.request("bob", PASSWORD).run().denied("push denied");
+    w.request("bob", PASSWORD).run().denied("push denied");
+    assert_eq!(pushes(&w.sim, "bob"), 2);
+}
+
+fn preauth_results(w: &World) {
+    w.request("dave", PASSWORD).run().granted("preauth allow");
+    w.request("erin", PASSWORD).run().denied("preauth deny");
+    w.request("frank", PASSWORD).run().denied("not enrolled");
+    assert_eq!(w.sim.counters().auth, 0);
+}
+
+fn rate_limited_then_success(w: &World) {
+    let out = w.request("hank", PASSWORD).run();
+    out.granted("push approved");
+    assert_eq!(w.sim.counters().rate_limited, 1);
+    assert!(
+        out.elapsed >= Duration::from_secs(1),
+        "Retry-After not honoured"
+    );
+}
+
+fn malformed_stdin(w: &World) {
+    for input in [
+        &b""[..],
+        b"alice",
+        b"alice\n",
+        b"\n\n",
+        b"alice\npw\nmore\n",
+        b"\xff\xfe\npw\n",
+    ] {
+        w.request("alice", PASSWORD)
+            .stdin(input)
+            .run()
+            .denied("bad input");
+    }
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+fn broken_config(w: &World) {
+    let bad = w.dir.path().join("bad.json");
+    std::fs::write(&bad, br#"{"username": "a", "password": "b", "duo": {"ikey": "I", "skey": "S", "host": "h", "hots": 1}}"#).unwrap();
+    let mut call = w.request("alice", PASSWORD);
+    call.config = bad.clone();
+    let out = call.run();
+    out.denied("hots");
+    assert!(out.log.contains(&bad.display().to_string()), "{}", out.log);
+    call.config = w.dir.path().join("missing.json");
+    call.run().denied("missing.json");
+}
+
+fn duo_server_error_fails_closed(w: &World) {
+    w.request("ivan", PASSWORD).run().denied("failmode secure");
+}
+
+fn environment_protocol(w: &World) {
+    let out = w
+        .request("ignored", "ignored")
+        .stdin(b"")
+        .env("USER", "dave")
+        .env("PASS", PASSWORD)
+        .run_with(|c| {
+            c.arg("--protocol").arg("environment");
+        });
+    out.granted("preauth allow");
+}
+
+fn concurrent_requests_share_one_push(w: &World) {
+    // A page with 10 assets: 11 requests of one fresh session at once.
+    let started: Vec<_> = (0..11)
+        .map(|_| {
+            let call = w.request("alice", PASSWORD);
+            std::thread::spawn(move || call.run())
+        })
+        .collect();
+    let outs: Vec<Outcome> = started.into_iter().map(|t| t.join().unwrap()).collect();
+    for o in &outs {
+        assert!(o.granted, "{}", o.log);
+    }
+    assert_eq!(pushes(&w.sim, "alice"), 1, "one push for the whole page");
+}
+
+fn logout_ends_the_session(w: &World) {
+    w.request("alice", PASSWORD).run().granted("push approved");
+    w.request("alice", PASSWORD).run().granted("cached session");
+    w.request("alice", PASSWORD)
+        .env("CONTEXT", "logout")
+        .run()
+        .denied("logout: session ended");
+    // The copied cookie no longer opens the session: Duo is asked again.
+    w.request("alice", PASSWORD).run().granted("push approved");
+    assert_eq!(pushes(&w.sim, "alice"), 2);
+}
+
+fn hostile_environment_changes_nothing(w: &World) {
+    let hostile = |c: &mut Command| {
+        for (k, v) in [
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("https_proxy", "http://127.0.0.1:9"),
+            ("ALL_PROXY", "http://127.0.0.1:9"),
+            ("SSL_CERT_FILE", "/nonexistent"),
+            ("SSL_CERT_DIR", "/nonexistent"),
+            ("RUST_LOG", "trace"),
+            ("RUST_BACKTRACE", "full"),
+            ("LD_PRELOAD", ""),
+            ("HOME", "/nonexistent"),
+        ] {
+            c.env(k, v);
+        }
+    };
+    w.request("alice", PASSWORD)
+        .run_with(hostile)
+        .granted("push approved");
+    let out = w.request("alice", PASSWORD).run_with(hostile);
+    out.granted("cached session");
+}
+
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        #[allow(non_snake_case)]
+        mod $backend {
+            $(
+                #[test]
+                fn $case() {
+                    if !super::backend_available(super::Backend::$backend) {
+                        return;
+                    }
+                    let w = super::World::new(super::Backend::$backend);
+                    super::$case(&w);
+                }
+            )*
+        }
+    };
+}
+
+fn backend_available(b: Backend) -> bool {
+    match b {
+        Backend::Embedded => true,
+        Backend::Redis => support::tools_present(
+            "redis backend",
+            &[("redis-server", support::redis::REDIS_SERVER)],
+        ),
+    }
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        suite!(Embedded: $($case),*);
+        suite!(Redis: $($case),*);
+    };
+}
+
+both!(
+    login_context_checks_password_only,
+    cold_then_warm,
+    wrong_password_no_duo,
+    unknown_user,
+    no_cookie,
+    denied_push_is_not_cached,
+    preauth_results,
+    rate_limited_then_success,
+    malformed_stdin,
+    broken_config,
+    duo_server_error_fails_closed,
+    environment_protocol,
+    concurrent_requests_share_one_push,
+    logout_ends_the_session,
+    hostile_environment_changes_nothing,
+);
+
+// ---- cases that need their own world ----
+
+#[test]
+fn expiry_asks_duo_again() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        if !backend_available(backend) {
+            continue;
+        }
+        let w = World::with(backend, |c| c["session"]["expiry"] = json!(1));
+        w.request("alice", PASSWORD).run().granted("push approved");
+        w.request("alice", PASSWORD).run().granted("cached session");
+        // A real TTL in a real store: wait for it to pass.
+        std::thread::sleep(Duration::from_millis(2100));
+        w.request("alice", PASSWORD).run().granted("push approved");
+        assert_eq!(pushes(&w.sim, "alice"), 2, "{backend:?}");
+    }
+}
+
+#[test]
+fn expiry_zero_means_duo_every_time() {
+    let w = World::with(Backend::Embedded, |c| c["session"]["expiry"] = json!(0));
+    w.request("alice", PASSWORD).run().granted("push approved");
+    w.request("alice", PASSWORD).run().granted("push approved");
+    assert_eq!(pushes(&w.sim, "alice"), 2);
+    assert!(!w.dir.path().join("sessions.db").exists());
+}
+
+#[test]
+fn push_timeout_denies_within_the_deadline() {
+    let w = World::with(Backend::Embedded, |c| c["duo"]["push_timeout"] = json!(2));
+    let out = w.request("carol", PASSWORD).run();
+    out.denied("deadline");
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+}
+
+#[test]
+fn duo_unreachable_denies_within_the_deadline() {
+    // A port that accepts connections but never answers: the worst case for deadlines.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let w = World::with(Backend::Embedded, |c| {
+        c["duo"]["host"] = json!(host);
+        c["duo"]["call_timeout"] = json!(1);
+        c["duo"]["push_timeout"] = json!(3);
+    });
+    let out = w.request("alice", PASSWORD).run();
+    out.denied("failmode secure");
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
+
+    // Nobody listening at all.
+    drop(silent);
+    let out = w.request("alice", PASSWORD).run();
+    out.denied("Duo could not be asked");
+}
+
+#[test]
+fn failmode_safe_lets_in_without_caching_and_says_so() {
+    let w = World::with(Backend::Embedded, |c| c["duo"]["failmode"] = json!("safe"));
+    let out = w.request("ivan", PASSWORD).run();
+    out.granted("FAIL-OPEN");
+    assert!(out.log.contains("outcome=GRANT-FAIL-OPEN"), "{}", out.log);
+    // Not cached: the next request asks Duo again.
+    w.request("ivan", PASSWORD).run().granted("FAIL-OPEN");
+    // After preauth, failures deny whatever the failmode.
+    w.request("bob", PASSWORD).run().denied("push denied");
+}
+
+#[test]
+fn redis_unreachable_denies() {
+    let port = support::process::free_port();
+    let w = World::with(Backend::Embedded, |c| {
+        c["cache"] = json!({"host": "127.0.0.1", "port": port, "timeout": 1});
+    });
+    let out = w.request("alice", PASSWORD).run();
+    out.denied("session store unavailable");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+#[test]
+fn seed_config_is_accepted_unchanged() {
+    // The seed's format: plaintext username/password, Redis with a string port.
+    if !backend_available(Backend::Redis) {
+        return;
+    }
+    let w = World::new(Backend::Redis);
+    let port = {
+        let c: Value = serde_json::from_slice(&std::fs::read(&w.config).unwrap()).unwrap();
+        c["cache"]["port"].as_str().unwrap().to_string()
+    };
+    let seed = json!({
+        "username": "alice",
+        "password": PASSWORD,
+        "duo": {"ikey": IKEY, "skey": SKEY, "host": w.sim.host(),
+                "ca_file": w.dir.path().join("ca.pem")},
+        "cache": {"host": "127.0.0.1", "port": port},
+        "session": {"name": "formsession", "expiry": 14400}
+    });
+    let path = w.dir.path().join("seed.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&seed).unwrap()).unwrap();
+    let mut call = w.request("alice", PASSWORD);
+    call.config = path;
+    call.run().granted("push approved");
+    call.run().granted("cached session");
+}
+
+#[test]
+fn the_store_holds_no_cookie_and_no_password() {
+    let w = World::new(Backend::Embedded);
+    w.request("alice", PASSWORD).run().granted("push approved");
+    let bytes = std::fs::read(w.dir.path().join("sessions.db")).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains("c2Vzc2lvbi1vbmU"), "cookie stored");
+    assert!(!text.contains("battery staple"), "password stored");
+}

@@ -1,0 +1,55 @@
+//! A throw-away Redis on a free loopback port: no persistence, its files in the test's temp dir.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::process::{free_port, wait_for_port, ChildGuard};
+
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A running redis-server; stopped when dropped.
+pub struct Redis {
+    pub port: u16,
+    _guard: ChildGuard,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let dir = dir.join("redis");
+        fs::create_dir_all(&dir).expect("mkdir redis");
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let child = Command::new(REDIS_SERVER)
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--loglevel", "warning"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {REDIS_SERVER}: {e}"));
+            let mut guard = ChildGuard::new("redis-server", child);
+            match wait_for_port(port, Duration::from_secs(10), &mut guard) {
+                Ok(()) => {
+                    return Redis {
+                        port,
+                        _guard: guard,
+                    }
+                }
+                // Most likely the port was taken between free_port() and the bind: try another.
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server: {last_err}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
