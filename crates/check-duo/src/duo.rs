@@ -9,16 +9,7 @@ use duo_auth::types::{AuthRequest, AuthResult, AuthStart, Factor, Preauth};
 use duo_auth::{Client, ClientConfig, Error};
 
 use crate::config::{DuoConfig, FailMode};
-
-/// The answer of the second factor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FactorOutcome {
-    /// Approved: cache the session.
-    Allow(String),
-    /// Let through without the second factor (failmode safe, Duo unreachable): never cached.
-    FailOpen(String),
-    Deny(String),
-}
+use crate::log::{Decision, Event};
 
 /// Where the push was asked from, shown on the phone.
 pub struct PushContext<'a> {
@@ -103,6 +94,12 @@ fn pushinfo(ctx: &PushContext<'_>) -> String {
     }
 }
 
+/// A decision taken after a push went out.
+fn pushed(mut d: Decision) -> Decision {
+    d.pushes = 1;
+    d
+}
+
 /// Ask Duo for the second factor of `ctx.user`, within `deadline`.
 pub fn second_factor(
     client: &Client,
@@ -110,7 +107,7 @@ pub fn second_factor(
     ctx: &PushContext<'_>,
     deadline: Instant,
     pause: &dyn Pause,
-) -> FactorOutcome {
+) -> Decision {
     let ipaddr = ctx.ip.parse::<IpAddr>().ok().map(|ip| ip.to_string());
 
     let pre = with_backoff(deadline, pause, || {
@@ -119,31 +116,45 @@ pub fn second_factor(
     let devices = match pre {
         Ok(Preauth::Auth { devices }) => devices,
         Ok(Preauth::Allow { status_msg }) => {
-            return FactorOutcome::Allow(format!("Duo preauth allow ({status_msg})"))
+            return Decision::grant(
+                Event::PreauthAllow,
+                format!("Duo preauth allow ({status_msg})"),
+            )
         }
         Ok(Preauth::Deny { status_msg }) => {
-            return FactorOutcome::Deny(format!("Duo preauth deny ({status_msg})"))
+            return Decision::deny(
+                Event::PreauthDeny,
+                format!("Duo preauth deny ({status_msg})"),
+            )
         }
         Ok(Preauth::Enroll { .. }) => {
-            return FactorOutcome::Deny("user not enrolled in Duo (preauth enroll)".into())
+            return Decision::deny(
+                Event::NotEnrolled,
+                "user not enrolled in Duo (preauth enroll)",
+            )
         }
         Err(e) if e.is_unreachable() => {
             return match cfg.failmode {
-                FailMode::Safe => FactorOutcome::FailOpen(format!(
-                    "FAIL-OPEN: failmode safe and Duo could not be asked: {e}"
-                )),
-                FailMode::Secure => {
-                    FactorOutcome::Deny(format!("failmode secure and Duo could not be asked: {e}"))
-                }
+                FailMode::Safe => Decision::grant(
+                    Event::FailOpen,
+                    format!("FAIL-OPEN: failmode safe and Duo could not be asked: {e}"),
+                ),
+                FailMode::Secure => Decision::deny(
+                    Event::DuoUnreachable,
+                    format!("failmode secure and Duo could not be asked: {e}"),
+                ),
             }
         }
-        Err(e) => return FactorOutcome::Deny(format!("Duo preauth failed: {e}")),
+        Err(e) => return Decision::deny(Event::DuoError, format!("Duo preauth failed: {e}")),
     };
     if !devices
         .iter()
         .any(|d| d.capabilities.iter().any(|c| c == "push"))
     {
-        return FactorOutcome::Deny("no Duo device of the user can receive a push".into());
+        return Decision::deny(
+            Event::NotEnrolled,
+            "no Duo device of the user can receive a push",
+        );
     }
 
     let req = AuthRequest {
@@ -160,37 +171,61 @@ pub fn second_factor(
         Ok(AuthStart::Done(s)) => {
             // A synchronous answer to an async request: take it as final.
             return match s.result {
-                AuthResult::Allow => FactorOutcome::Allow("push approved".into()),
-                _ => FactorOutcome::Deny(format!("push {} ({})", s.status, s.status_msg)),
+                AuthResult::Allow => pushed(Decision::grant(Event::PushApproved, "push approved")),
+                _ => pushed(Decision::deny(
+                    Event::PushDenied,
+                    format!("push {} ({})", s.status, s.status_msg),
+                )),
             };
         }
-        Err(e) => return FactorOutcome::Deny(format!("Duo push could not be sent: {e}")),
+        Err(e) => {
+            return Decision::deny(Event::DuoError, format!("Duo push could not be sent: {e}"))
+        }
     };
 
     loop {
         match with_backoff(deadline, pause, || client.auth_status(&txid, deadline)) {
             Ok(s) => match s.result {
                 AuthResult::Allow => {
-                    return FactorOutcome::Allow(format!("push approved ({})", s.status))
+                    return pushed(Decision::grant(
+                        Event::PushApproved,
+                        format!("push approved ({})", s.status),
+                    ))
                 }
                 AuthResult::Deny => {
-                    return FactorOutcome::Deny(format!(
-                        "push denied ({}: {})",
-                        s.status, s.status_msg
-                    ))
+                    let event = if s.status == "timeout" {
+                        Event::PushTimeout
+                    } else {
+                        Event::PushDenied
+                    };
+                    return pushed(Decision::deny(
+                        event,
+                        format!("push denied ({}: {})", s.status, s.status_msg),
+                    ));
                 }
                 AuthResult::Waiting => {
                     if Instant::now() >= deadline {
-                        return FactorOutcome::Deny("push not answered before the deadline".into());
+                        return pushed(Decision::deny(
+                            Event::PushTimeout,
+                            "push not answered before the deadline",
+                        ));
                     }
                     // Duo long-polls; a short pause guards against a server that does not.
                     pause.pause(Duration::from_millis(200));
                 }
             },
             Err(Error::Timeout) => {
-                return FactorOutcome::Deny("push not answered before the deadline".into())
+                return pushed(Decision::deny(
+                    Event::PushTimeout,
+                    "push not answered before the deadline",
+                ))
             }
-            Err(e) => return FactorOutcome::Deny(format!("Duo push status failed: {e}")),
+            Err(e) => {
+                return pushed(Decision::deny(
+                    Event::DuoError,
+                    format!("Duo push status failed: {e}"),
+                ))
+            }
         }
     }
 }

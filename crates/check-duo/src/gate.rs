@@ -5,9 +5,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::cookie;
-use crate::duo::{self, FactorOutcome, Pause, PushContext};
+use crate::duo::{self, Pause, PushContext};
 use crate::input::{Context, Request};
-use crate::log::Decision;
+use crate::log::{Decision, Event};
 use crate::password;
 use crate::session::{tags_equal, SessionKeys};
 use crate::store::{self, Entry, Store};
@@ -42,12 +42,13 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
         Context::Login => {
             return match credential {
                 Some(c) if password::verify(c, password) => Decision::grant(
+                    Event::LoginPassword,
                     "password accepted (login form; Duo follows on the next request)",
                 ),
-                Some(_) => Decision::deny("wrong password"),
+                Some(_) => Decision::deny(Event::PasswordFailure, "wrong password"),
                 None => {
                     password::verify_unknown_user(password);
-                    Decision::deny("unknown user")
+                    Decision::deny(Event::UnknownUser, "unknown user")
                 }
             }
         }
@@ -57,14 +58,17 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
 
     let Some(credential) = credential else {
         password::verify_unknown_user(password);
-        return Decision::deny("unknown user");
+        return Decision::deny(Event::UnknownUser, "unknown user");
     };
     let Some(cookie) = req
         .cookie
         .as_ref()
         .and_then(|c| cookie::find(c.expose(), &cfg.session.name))
     else {
-        return Decision::deny(format!("no session cookie {:?}", cfg.session.name));
+        return Decision::deny(
+            Event::NoCookie,
+            format!("no session cookie {:?}", cfg.session.name),
+        );
     };
 
     let keys = SessionKeys::derive(cfg.duo.skey.expose());
@@ -75,7 +79,9 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
     let mut store = if caching {
         match store::open(&cfg.cache) {
             Ok(s) => Some(s),
-            Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+            Err(e) => {
+                return Decision::deny(Event::StoreError, format!("session store unavailable: {e}"))
+            }
         }
     } else {
         None
@@ -84,14 +90,16 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
     // Warm path: a keyed lookup and an HMAC, no password hash.
     if let Some(s) = store.as_mut() {
         match approved(s.as_mut(), &id, &req.user, &tag, clock.now()) {
-            Ok(true) => return Decision::grant("cached session"),
+            Ok(true) => return Decision::grant(Event::CacheHit, "cached session"),
             Ok(false) => {}
-            Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+            Err(e) => {
+                return Decision::deny(Event::StoreError, format!("session store unavailable: {e}"))
+            }
         }
     }
 
     if !password::verify(credential, password) {
-        return Decision::deny("wrong password");
+        return Decision::deny(Event::PasswordFailure, "wrong password");
     }
 
     let deadline = Instant::now() + cfg.duo.push_timeout;
@@ -106,15 +114,17 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
     match store.try_lock(&id, lock_ttl, clock.now()) {
         Ok(true) => {}
         Ok(false) => return wait_for_other(store.as_mut(), &id, &req.user, &tag, deadline, clock),
-        Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+        Err(e) => {
+            return Decision::deny(Event::StoreError, format!("session store unavailable: {e}"))
+        }
     }
     // A request that held the lock may have stored its approval after our first look.
     if let Ok(true) = approved(store.as_mut(), &id, &req.user, &tag, clock.now()) {
         let _ = store.unlock(&id);
-        return Decision::grant(CONCURRENT_APPROVAL);
+        return Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL);
     }
     let mut decision = push(cfg, req, deadline, pause);
-    if decision.granted() && !decision.fail_open {
+    if decision.granted() && !decision.fail_open() {
         let entry = Entry {
             user: req.user.clone(),
             approved_at: clock.now(),
@@ -135,7 +145,7 @@ pub fn decide(cfg: &Config, req: &Request, clock: &dyn Clock, pause: &dyn Pause)
 fn push(cfg: &Config, req: &Request, deadline: Instant, pause: &dyn Pause) -> Decision {
     let client = match duo::client(&cfg.duo) {
         Ok(c) => c,
-        Err(e) => return Decision::deny(format!("Duo client: {e}")),
+        Err(e) => return Decision::deny(Event::ConfigError, format!("Duo client: {e}")),
     };
     let ctx = PushContext {
         user: &req.user,
@@ -143,14 +153,7 @@ fn push(cfg: &Config, req: &Request, deadline: Instant, pause: &dyn Pause) -> De
         host: &req.host,
         uri: &req.uri,
     };
-    match duo::second_factor(&client, &cfg.duo, &ctx, deadline, pause) {
-        FactorOutcome::Allow(reason) => Decision::grant(reason),
-        FactorOutcome::Deny(reason) => Decision::deny(reason),
-        FactorOutcome::FailOpen(reason) => Decision {
-            fail_open: true,
-            ..Decision::grant(reason)
-        },
-    }
+    duo::second_factor(&client, &cfg.duo, &ctx, deadline, pause)
 }
 
 /// True when the store holds an approval of this session for this user and password.
@@ -175,24 +178,32 @@ fn wait_for_other(
 ) -> Decision {
     loop {
         match approved(store, id, user, tag, clock.now()) {
-            Ok(true) => return Decision::grant(CONCURRENT_APPROVAL),
+            Ok(true) => return Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL),
             Ok(false) => {}
-            Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+            Err(e) => {
+                return Decision::deny(Event::StoreError, format!("session store unavailable: {e}"))
+            }
         }
         // The lock is gone and no approval was stored: that push was not approved.
         match store.try_lock(id, Duration::from_secs(1), clock.now()) {
             Ok(true) => {
                 let _ = store.unlock(id);
                 if let Ok(true) = approved(store, id, user, tag, clock.now()) {
-                    return Decision::grant(CONCURRENT_APPROVAL);
+                    return Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL);
                 }
-                return Decision::deny("the concurrent push of this session was not approved");
+                return Decision::deny(
+                    Event::PushDenied,
+                    "the concurrent push of this session was not approved",
+                );
             }
             Ok(false) => {}
-            Err(e) => return Decision::deny(format!("session store unavailable: {e}")),
+            Err(e) => {
+                return Decision::deny(Event::StoreError, format!("session store unavailable: {e}"))
+            }
         }
         if Instant::now() + WAIT_POLL >= deadline {
             return Decision::deny(
+                Event::PushTimeout,
                 "waited for the concurrent push of this session until the deadline",
             );
         }
@@ -207,12 +218,15 @@ fn logout(cfg: &Config, req: &Request) -> Decision {
         .as_ref()
         .and_then(|c| cookie::find(c.expose(), &cfg.session.name))
     else {
-        return Decision::deny("logout: no session cookie");
+        return Decision::deny(Event::Logout, "logout: no session cookie");
     };
     let id = SessionKeys::derive(cfg.duo.skey.expose()).session_id(cookie);
     match store::open(&cfg.cache).and_then(|mut s| s.delete(&id)) {
-        Ok(true) => Decision::deny("logout: session ended"),
-        Ok(false) => Decision::deny("logout: no cached session"),
-        Err(e) => Decision::deny(format!("logout: session store unavailable: {e}")),
+        Ok(true) => Decision::deny(Event::Logout, "logout: session ended"),
+        Ok(false) => Decision::deny(Event::Logout, "logout: no cached session"),
+        Err(e) => Decision::deny(
+            Event::StoreError,
+            format!("logout: session store unavailable: {e}"),
+        ),
     }
 }

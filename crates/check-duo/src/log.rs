@@ -13,34 +13,99 @@ pub enum Outcome {
     Deny,
 }
 
+/// What kind of decision: a stable name for logs, the audit log and tests; `reason` adds the
+/// details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `CONTEXT=login`: the password was right.
+    LoginPassword,
+    PasswordFailure,
+    UnknownUser,
+    NoCookie,
+    /// Granted from the session store.
+    CacheHit,
+    /// Granted by the push of another request of the same session.
+    ConcurrentApproval,
+    PreauthAllow,
+    PreauthDeny,
+    NotEnrolled,
+    PushApproved,
+    PushDenied,
+    PushTimeout,
+    /// Duo answered with an error after preauth, or refused the request.
+    DuoError,
+    /// Duo could not be asked and the failmode is secure.
+    DuoUnreachable,
+    /// Duo could not be asked and the failmode is safe: granted on the password alone.
+    FailOpen,
+    StoreError,
+    ConfigError,
+    BadInput,
+    Logout,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::LoginPassword => "login_password",
+            Event::PasswordFailure => "password_failure",
+            Event::UnknownUser => "unknown_user",
+            Event::NoCookie => "no_cookie",
+            Event::CacheHit => "cache_hit",
+            Event::ConcurrentApproval => "concurrent_approval",
+            Event::PreauthAllow => "preauth_allow",
+            Event::PreauthDeny => "preauth_deny",
+            Event::NotEnrolled => "not_enrolled",
+            Event::PushApproved => "push_approved",
+            Event::PushDenied => "push_denied",
+            Event::PushTimeout => "push_timeout",
+            Event::DuoError => "duo_error",
+            Event::DuoUnreachable => "duo_unreachable",
+            Event::FailOpen => "fail_open",
+            Event::StoreError => "store_error",
+            Event::ConfigError => "config_error",
+            Event::BadInput => "bad_input",
+            Event::Logout => "logout",
+        }
+    }
+}
+
 /// What was decided and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub outcome: Outcome,
+    pub event: Event,
     pub reason: String,
-    /// Granted without the second factor because Duo could not be asked (failmode safe).
-    pub fail_open: bool,
+    /// Pushes (or calls) this request sent to a phone.
+    pub pushes: u32,
 }
 
 impl Decision {
-    pub fn grant(reason: impl Into<String>) -> Self {
+    pub fn grant(event: Event, reason: impl Into<String>) -> Self {
         Decision {
             outcome: Outcome::Grant,
+            event,
             reason: reason.into(),
-            fail_open: false,
+            pushes: 0,
         }
     }
 
-    pub fn deny(reason: impl Into<String>) -> Self {
+    pub fn deny(event: Event, reason: impl Into<String>) -> Self {
         Decision {
             outcome: Outcome::Deny,
+            event,
             reason: reason.into(),
-            fail_open: false,
+            pushes: 0,
         }
     }
 
     pub fn granted(&self) -> bool {
         self.outcome == Outcome::Grant
+    }
+
+    /// Granted without the second factor because Duo could not be asked (failmode safe).
+    pub fn fail_open(&self) -> bool {
+        self.granted() && self.event == Event::FailOpen
     }
 }
 
@@ -57,10 +122,10 @@ pub struct Line<'a> {
 
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let outcome = match (self.decision.outcome, self.decision.fail_open) {
-            (Outcome::Grant, true) => "GRANT-FAIL-OPEN",
-            (Outcome::Grant, false) => "grant",
-            (Outcome::Deny, _) => "deny",
+        let outcome = match self.decision.outcome {
+            Outcome::Grant if self.decision.fail_open() => "GRANT-FAIL-OPEN",
+            Outcome::Grant => "grant",
+            Outcome::Deny => "deny",
         };
         let context = match self.context {
             Some(Context::Login) => "login",
@@ -70,13 +135,14 @@ impl fmt::Display for Line<'_> {
         };
         write!(
             f,
-            "check-duo: user={:?} ip={:?} host={:?} uri={:?} context={} outcome={} reason={:?} duration_ms={}",
+            "check-duo: user={:?} ip={:?} host={:?} uri={:?} context={} outcome={} event={} reason={:?} duration_ms={}",
             self.user,
             self.ip,
             self.host,
             self.uri,
             context,
             outcome,
+            self.decision.event.as_str(),
             self.decision.reason,
             self.duration.as_millis()
         )
@@ -89,7 +155,7 @@ mod tests {
 
     #[test]
     fn escapes_injected_newlines() {
-        let d = Decision::deny("wrong password");
+        let d = Decision::deny(Event::PasswordFailure, "wrong password");
         let line = Line {
             user: "eve\ncheck-duo: user=\"admin\" outcome=grant",
             ip: "1.2.3.4",
@@ -101,6 +167,8 @@ mod tests {
         }
         .to_string();
         assert!(!line.contains('\n'));
-        assert!(line.contains("outcome=deny reason=\"wrong password\" duration_ms=3"));
+        assert!(line.contains(
+            "outcome=deny event=password_failure reason=\"wrong password\" duration_ms=3"
+        ));
     }
 }

@@ -10,7 +10,7 @@ use check_duo::config::Config;
 use check_duo::duo::Sleep;
 use check_duo::gate::{self, SystemClock};
 use check_duo::input::{self, Protocol, VARIABLES};
-use check_duo::log::{Decision, Line};
+use check_duo::log::{Decision, Event, Line};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     let req = match input::read(protocol, std::io::stdin().lock(), &var) {
         Ok(r) => r,
         Err(e) => {
-            let d = Decision::deny(format!("bad input: {e}"));
+            let d = Decision::deny(Event::BadInput, format!("bad input: {e}"));
             let ip = var("IP").unwrap_or_default();
             let host = var("HTTP_HOST").unwrap_or_default();
             let uri = var("URI").unwrap_or_default();
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     };
     let decision = match Config::load(&args.config) {
         Ok(cfg) => gate::decide(&cfg, &req, &SystemClock, &Sleep),
-        Err(e) => Decision::deny(e.to_string()),
+        Err(e) => Decision::deny(Event::ConfigError, e.to_string()),
     };
     report(
         &req.user,
