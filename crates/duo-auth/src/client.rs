@@ -123,24 +123,7 @@ impl Client {
             params.push(("ipaddr".to_string(), ip.to_string()));
         }
         let v = self.call("POST", "/auth/v2/preauth", &params, deadline)?;
-        let raw: PreauthRaw =
-            serde_json::from_value(v).map_err(|e| Error::Malformed(format!("preauth: {e}")))?;
-        Ok(match raw.result.as_str() {
-            "auth" => Preauth::Auth {
-                devices: raw.devices,
-            },
-            "allow" => Preauth::Allow {
-                status_msg: raw.status_msg,
-            },
-            "deny" => Preauth::Deny {
-                status_msg: raw.status_msg,
-            },
-            "enroll" => Preauth::Enroll {
-                status_msg: raw.status_msg,
-                enroll_portal_url: raw.enroll_portal_url,
-            },
-            other => return Err(Error::Malformed(format!("preauth result {other:?}"))),
-        })
+        parse_preauth(v)
     }
 
     /// `POST /auth/v2/auth`.
@@ -166,6 +149,10 @@ impl Client {
                 params.push(("factor".into(), "auto".into()));
                 params.push(("device".into(), device.clone()));
             }
+            Factor::Sms { device } => {
+                params.push(("factor".into(), "sms".into()));
+                params.push(("device".into(), device.clone()));
+            }
         }
         if let Some(ip) = &req.ipaddr {
             params.push(("ipaddr".into(), ip.clone()));
@@ -185,14 +172,15 @@ impl Client {
         }
     }
 
-    /// `GET /auth/v2/auth_status` (Duo long-polls: it answers when the status changes).
+    /// `GET /auth/v2/auth_status`. Duo long-polls (it answers when the status changes), so this
+    /// call may take until `deadline`, not just the per-call timeout.
     pub fn auth_status(&self, txid: &str, deadline: Instant) -> Result<AuthStatus, Error> {
         let params = vec![("txid".to_string(), txid.to_string())];
-        let v = self.call("GET", "/auth/v2/auth_status", &params, deadline)?;
+        let v = self.call_until("GET", "/auth/v2/auth_status", &params, deadline, true)?;
         parse_status(v)
     }
 
-    /// One signed call; `params` go in the query (GET) or the body (POST).
+    /// One signed call within the per-call timeout.
     fn call(
         &self,
         method: &str,
@@ -200,11 +188,28 @@ impl Client {
         params: &[(String, String)],
         deadline: Instant,
     ) -> Result<serde_json::Value, Error> {
+        self.call_until(method, path, params, deadline, false)
+    }
+
+    /// One signed call; `params` go in the query (GET) or the body (POST). A long poll may last
+    /// until the deadline; any other call at most `call_timeout`.
+    fn call_until(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(String, String)],
+        deadline: Instant,
+        long_poll: bool,
+    ) -> Result<serde_json::Value, Error> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(Error::Timeout);
         }
-        let timeout = remaining.min(self.cfg.call_timeout);
+        let timeout = if long_poll {
+            remaining
+        } else {
+            remaining.min(self.cfg.call_timeout)
+        };
         let date = sign::rfc2822_date(now_unix() + self.clock_offset);
         let version = self.cfg.sig_version;
         let query = sign::canon_params(params);
@@ -314,7 +319,13 @@ fn read_envelope(status: u16, resp: ureq::Response) -> Result<serde_json::Value,
                 Error::Transport(format!("reading the answer: {e}"))
             }
         })?;
-    let env: Envelope = match serde_json::from_str(&text) {
+    parse_answer(status, &text)
+}
+
+/// Read Duo's envelope from an answer's status and body: the `response` on success, else the
+/// error its status and `code` name. Pure, and total over any input.
+pub fn parse_answer(status: u16, text: &str) -> Result<serde_json::Value, Error> {
+    let env: Envelope = match serde_json::from_str(text) {
         Ok(env) => env,
         Err(e) if status < 400 => return Err(Error::Malformed(format!("HTTP {status}: {e}"))),
         Err(_) => return Err(status_error(status, u32::from(status) * 100, String::new())),
@@ -351,7 +362,30 @@ fn status_error(status: u16, code: u32, message: String) -> Error {
     }
 }
 
-fn parse_status(v: serde_json::Value) -> Result<AuthStatus, Error> {
+/// Read a `preauth` response.
+pub fn parse_preauth(v: serde_json::Value) -> Result<Preauth, Error> {
+    let raw: PreauthRaw =
+        serde_json::from_value(v).map_err(|e| Error::Malformed(format!("preauth: {e}")))?;
+    Ok(match raw.result.as_str() {
+        "auth" => Preauth::Auth {
+            devices: raw.devices,
+        },
+        "allow" => Preauth::Allow {
+            status_msg: raw.status_msg,
+        },
+        "deny" => Preauth::Deny {
+            status_msg: raw.status_msg,
+        },
+        "enroll" => Preauth::Enroll {
+            status_msg: raw.status_msg,
+            enroll_portal_url: raw.enroll_portal_url,
+        },
+        other => return Err(Error::Malformed(format!("preauth result {other:?}"))),
+    })
+}
+
+/// Read an `auth` (sync) or `auth_status` response.
+pub fn parse_status(v: serde_json::Value) -> Result<AuthStatus, Error> {
     let raw: AuthStatusRaw =
         serde_json::from_value(v).map_err(|e| Error::Malformed(format!("auth result: {e}")))?;
     let result = match raw.result.as_str() {

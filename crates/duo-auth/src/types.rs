@@ -75,6 +75,8 @@ pub enum Factor {
     Phone { device: String },
     /// Duo chooses (push if possible, else a call).
     Auto { device: String },
+    /// Send SMS passcodes to `device`; the answer is a deny with status `sent`.
+    Sms { device: String },
 }
 
 /// One `/auth/v2/auth` request.
