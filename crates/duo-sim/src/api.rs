@@ -231,7 +231,7 @@ fn auth(state: &State, params: &Params) -> Routed {
         (_, None) if is_push => return (missing("device"), Some(user), String::new()),
         _ => return (invalid("factor"), Some(user), String::new()),
     };
-    if !is_push && factor != "passcode" {
+    if !is_push && factor != "passcode" && factor != "sms" {
         return (invalid("factor"), Some(user), String::new());
     }
     if is_push && device != "auto" && device != DEVICE_ID {
@@ -248,6 +248,12 @@ fn auth(state: &State, params: &Params) -> Routed {
     let asynchronous = params.get("async").is_some_and(|v| v != "0");
     if let Some((resp, note)) = gate(state, &user) {
         return (resp, Some(user), note);
+    }
+    // SMS: Duo texts a batch of passcodes and answers deny/sent at once; no transaction.
+    if factor == "sms" {
+        let response = json!({"result": "deny", "status": "sent",
+                              "status_msg": "New SMS passcodes sent."});
+        return (ok(response), Some(user), "sms sent".into());
     }
 
     let b = state.behaviour(&user);
