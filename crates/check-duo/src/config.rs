@@ -79,6 +79,9 @@ pub struct DuoConfig {
     pub host: String,
     pub ca_pem: Option<Vec<u8>>,
     pub failmode: FailMode,
+    /// Client networks where `failmode: safe` applies; elsewhere Duo being unreachable denies.
+    /// Empty: everywhere.
+    pub failmode_networks: Vec<ipnet::IpNet>,
     /// Deadline for the whole second factor (preauth, push, waiting for the answer).
     pub push_timeout: Duration,
     /// Deadline for each single call.
@@ -107,6 +110,43 @@ pub struct SessionConfig {
     pub name: String,
     /// How long an approval is cached; zero means Duo on every request (as the seed).
     pub expiry: Duration,
+    /// End a session unused for this long (beside the absolute expiry); `None`: off.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Brute-force and push-fatigue limits. A zero count or duration turns that limit off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Failed passwords per user within `failure_window` before the user is banned.
+    pub user_failures: u64,
+    /// Failed passwords per client IP within `failure_window` before the IP is banned.
+    pub ip_failures: u64,
+    pub failure_window: Duration,
+    /// How long a ban lasts: requests are denied without checking the password.
+    pub ban: Duration,
+    /// After a denied or unanswered push, no new push for this session or user for this long.
+    pub push_cooldown: Duration,
+    /// Pushes per user within `push_window`; beyond it, deny without asking Duo.
+    pub max_pushes: u64,
+    pub push_window: Duration,
+    /// Paths (with `*` wildcards) that never send a push: a request there with no valid
+    /// session is denied (background polls, API calls).
+    pub no_push_paths: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            user_failures: 5,
+            ip_failures: 20,
+            failure_window: Duration::from_secs(300),
+            ban: Duration::from_secs(900),
+            push_cooldown: Duration::from_secs(60),
+            max_pushes: 5,
+            push_window: Duration::from_secs(900),
+            no_push_paths: Vec::new(),
+        }
+    }
 }
 
 /// The checked configuration.
@@ -117,6 +157,11 @@ pub struct Config {
     pub duo: DuoConfig,
     pub cache: CacheConfig,
     pub session: SessionConfig,
+    pub limits: Limits,
+    /// Local TOTP secrets (RFC 6238) of the users who use it instead of Duo.
+    pub totp: BTreeMap<String, Vec<u8>>,
+    /// The optional audit log (see [`crate::audit`]).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +173,22 @@ struct RawConfig {
     duo: RawDuo,
     cache: Option<RawCache>,
     session: Option<RawSession>,
+    limits: Option<RawLimits>,
+    totp: Option<BTreeMap<String, String>>,
+    audit: Option<crate::audit::RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    user_failures: Option<u64>,
+    ip_failures: Option<u64>,
+    failure_window: Option<u64>,
+    ban: Option<u64>,
+    push_cooldown: Option<u64>,
+    max_pushes: Option<u64>,
+    push_window: Option<u64>,
+    no_push_paths: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +202,7 @@ struct RawDuo {
     push_timeout: Option<u64>,
     call_timeout: Option<u64>,
     signature: Option<String>,
+    failmode_networks: Option<Vec<String>>,
 }
 
 /// The seed writes `"port": "6379"`; numbers are accepted too.
@@ -180,6 +242,7 @@ struct RawCache {
 struct RawSession {
     name: Option<String>,
     expiry: Option<u64>,
+    idle_timeout: Option<u64>,
 }
 
 impl Config {
@@ -219,12 +282,28 @@ impl Config {
             Some(s) => SessionConfig {
                 name: s.name.unwrap_or_else(|| "formsession".into()),
                 expiry: Duration::from_secs(s.expiry.unwrap_or(14400)),
+                idle_timeout: s.idle_timeout.filter(|t| *t > 0).map(Duration::from_secs),
             },
             None => SessionConfig {
                 name: "formsession".into(),
                 expiry: Duration::from_secs(14400),
+                idle_timeout: None,
             },
         };
+        let limits = limits(raw.limits.as_ref(), &err)?;
+        let audit = match &raw.audit {
+            Some(a) => Some(crate::audit::AuditConfig::from_raw(a).map_err(|(k, m)| err(k, m))?),
+            None => None,
+        };
+        let mut totp = BTreeMap::new();
+        for (user, secret) in raw.totp.iter().flatten() {
+            let key = format!("totp.{user}");
+            if !users.contains_key(user) {
+                return Err(err(&key, "not a configured user".into()));
+            }
+            let bytes = crate::totp::decode_secret(secret).map_err(|m| err(&key, m))?;
+            totp.insert(user.clone(), bytes);
+        }
         if session.name.is_empty()
             || !session
                 .name
@@ -239,6 +318,9 @@ impl Config {
             duo,
             cache,
             session,
+            limits,
+            totp,
+            audit,
         })
     }
 }
@@ -284,6 +366,41 @@ fn users(raw: &RawConfig, err: &ErrFn<'_>) -> Result<BTreeMap<String, Credential
         ));
     }
     Ok(users)
+}
+
+fn limits(raw: Option<&RawLimits>, err: &ErrFn<'_>) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+    let limits = Limits {
+        user_failures: raw.user_failures.unwrap_or(d.user_failures),
+        ip_failures: raw.ip_failures.unwrap_or(d.ip_failures),
+        failure_window: secs(raw.failure_window, d.failure_window),
+        ban: secs(raw.ban, d.ban),
+        push_cooldown: secs(raw.push_cooldown, d.push_cooldown),
+        max_pushes: raw.max_pushes.unwrap_or(d.max_pushes),
+        push_window: secs(raw.push_window, d.push_window),
+        no_push_paths: raw.no_push_paths.clone().unwrap_or_default(),
+    };
+    for (i, p) in limits.no_push_paths.iter().enumerate() {
+        if !p.starts_with('/') && !p.starts_with('*') {
+            return Err(err(
+                &format!("limits.no_push_paths[{i}]"),
+                format!("{p:?}: a path pattern starts with / or *"),
+            ));
+        }
+    }
+    for (key, v) in [
+        ("limits.failure_window", limits.failure_window),
+        ("limits.ban", limits.ban),
+        ("limits.push_cooldown", limits.push_cooldown),
+        ("limits.push_window", limits.push_window),
+    ] {
+        if v > Duration::from_secs(30 * 86400) {
+            return Err(err(key, "longer than 30 days".into()));
+        }
+    }
+    Ok(limits)
 }
 
 fn check_username(name: &str) -> Result<(), String> {
@@ -352,6 +469,25 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<DuoConfig, ConfigError> {
             ))
         }
     };
+    let mut failmode_networks = Vec::new();
+    for (i, n) in raw.failmode_networks.iter().flatten().enumerate() {
+        let net = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                err(
+                    &format!("duo.failmode_networks[{i}]"),
+                    format!("{n:?}: not a network (10.0.0.0/8, 2001:db8::/32 or an address)"),
+                )
+            })?;
+        failmode_networks.push(net);
+    }
+    if !failmode_networks.is_empty() && failmode != FailMode::Safe {
+        return Err(err(
+            "duo.failmode_networks",
+            "only used with failmode \"safe\"".into(),
+        ));
+    }
     let push_timeout = raw.push_timeout.unwrap_or(60);
     let call_timeout = raw.call_timeout.unwrap_or(10);
     if !(1..=600).contains(&push_timeout) {
@@ -377,6 +513,7 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<DuoConfig, ConfigError> {
         host: host.to_string(),
         ca_pem,
         failmode,
+        failmode_networks,
         push_timeout: Duration::from_secs(push_timeout),
         call_timeout: Duration::from_secs(call_timeout),
         sig_version,

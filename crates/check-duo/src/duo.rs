@@ -9,6 +9,7 @@ use duo_auth::types::{AuthRequest, AuthResult, AuthStart, Factor, Preauth};
 use duo_auth::{Client, ClientConfig, Error};
 
 use crate::config::{DuoConfig, FailMode};
+use crate::factor::Requested;
 use crate::log::{Decision, Event};
 
 /// Where the push was asked from, shown on the phone.
@@ -100,15 +101,25 @@ fn pushed(mut d: Decision) -> Decision {
     d
 }
 
-/// Ask Duo for the second factor of `ctx.user`, within `deadline`.
+/// Whether `failmode: safe` covers this client (all clients when no networks are listed).
+fn fail_open_allowed(cfg: &DuoConfig, ip: Option<IpAddr>) -> bool {
+    cfg.failmode == FailMode::Safe
+        && (cfg.failmode_networks.is_empty()
+            || ip.is_some_and(|ip| cfg.failmode_networks.iter().any(|n| n.contains(&ip))))
+}
+
+/// Ask Duo for the second factor of `ctx.user` (the factor the user asked for), within
+/// `deadline`.
 pub fn second_factor(
     client: &Client,
     cfg: &DuoConfig,
     ctx: &PushContext<'_>,
+    requested: &Requested,
     deadline: Instant,
     pause: &dyn Pause,
 ) -> Decision {
-    let ipaddr = ctx.ip.parse::<IpAddr>().ok().map(|ip| ip.to_string());
+    let ip = ctx.ip.parse::<IpAddr>().ok();
+    let ipaddr = ip.map(|ip| ip.to_string());
 
     let pre = with_backoff(deadline, pause, || {
         client.preauth(ctx.user, ipaddr.as_deref(), deadline)
@@ -135,9 +146,15 @@ pub fn second_factor(
         }
         Err(e) if e.is_unreachable() => {
             return match cfg.failmode {
-                FailMode::Safe => Decision::grant(
+                FailMode::Safe if fail_open_allowed(cfg, ip) => Decision::grant(
                     Event::FailOpen,
                     format!("FAIL-OPEN: failmode safe and Duo could not be asked: {e}"),
+                ),
+                FailMode::Safe => Decision::deny(
+                    Event::DuoUnreachable,
+                    format!(
+                        "Duo could not be asked and failmode safe does not cover this client address: {e}"
+                    ),
                 ),
                 FailMode::Secure => Decision::deny(
                     Event::DuoUnreachable,
@@ -147,31 +164,60 @@ pub fn second_factor(
         }
         Err(e) => return Decision::deny(Event::DuoError, format!("Duo preauth failed: {e}")),
     };
-    if !devices
-        .iter()
-        .any(|d| d.capabilities.iter().any(|c| c == "push"))
-    {
-        return Decision::deny(
-            Event::NotEnrolled,
-            "no Duo device of the user can receive a push",
-        );
-    }
-
-    let req = AuthRequest {
-        username: ctx.user.to_string(),
-        factor: Factor::Push {
+    let capable = |cap: &str| {
+        devices
+            .iter()
+            .any(|d| d.capabilities.iter().any(|c| c == cap))
+    };
+    let factor = match requested {
+        Requested::Default | Requested::Push if capable("push") => Factor::Push {
             device: "auto".into(),
             pushinfo: pushinfo(ctx),
         },
+        Requested::Default | Requested::Push => {
+            return Decision::deny(
+                Event::NotEnrolled,
+                "no Duo device of the user can receive a push",
+            )
+        }
+        Requested::Phone if capable("phone") => Factor::Phone {
+            device: "auto".into(),
+        },
+        Requested::Phone => {
+            return Decision::deny(Event::NotEnrolled, "no Duo device of the user takes calls")
+        }
+        Requested::Sms => Factor::Sms {
+            device: "auto".into(),
+        },
+        Requested::Passcode(code) => Factor::Passcode(code.clone()),
+    };
+    let interactive = matches!(factor, Factor::Push { .. } | Factor::Phone { .. });
+
+    let req = AuthRequest {
+        username: ctx.user.to_string(),
+        factor,
         ipaddr,
-        asynchronous: true,
+        // Passcodes and SMS answer at once; pushes and calls are polled.
+        asynchronous: interactive,
     };
     let txid = match with_backoff(deadline, pause, || client.auth(&req, deadline)) {
         Ok(AuthStart::Txid(t)) => t,
         Ok(AuthStart::Done(s)) => {
-            // A synchronous answer to an async request: take it as final.
-            return match s.result {
-                AuthResult::Allow => pushed(Decision::grant(Event::PushApproved, "push approved")),
+            return match (&req.factor, s.result) {
+                (Factor::Passcode(_), AuthResult::Allow) => {
+                    Decision::grant(Event::PasscodeApproved, "Duo passcode accepted")
+                }
+                (Factor::Passcode(_), _) => Decision::deny(
+                    Event::PasscodeDenied,
+                    format!("Duo passcode refused ({}: {})", s.status, s.status_msg),
+                ),
+                (Factor::Sms { .. }, _) => Decision::deny(
+                    Event::SmsSent,
+                    "SMS passcodes sent: sign in again with one of them",
+                ),
+                (_, AuthResult::Allow) => {
+                    pushed(Decision::grant(Event::PushApproved, "push approved"))
+                }
                 _ => pushed(Decision::deny(
                     Event::PushDenied,
                     format!("push {} ({})", s.status, s.status_msg),

@@ -5,12 +5,19 @@
 //! with a [`log::Decision`], and `main` turns that into an exit status and one log line.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod cookie;
+pub mod dropin;
 pub mod duo;
+pub mod factor;
 pub mod gate;
 pub mod input;
+pub mod limits;
 pub mod log;
 pub mod password;
 pub mod session;
 pub mod store;
+pub mod totp;

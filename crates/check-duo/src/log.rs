@@ -42,6 +42,19 @@ pub enum Event {
     ConfigError,
     BadInput,
     Logout,
+    /// Too many failed passwords for this user or client address: denied without a check.
+    Banned,
+    /// A push was denied or unanswered a moment ago: no new push yet.
+    Cooldown,
+    /// Too many pushes for this user in the window.
+    PushLimit,
+    /// A path that never sends a push, and no valid session.
+    NoPushPath,
+    PasscodeApproved,
+    PasscodeDenied,
+    SmsSent,
+    TotpApproved,
+    TotpDenied,
 }
 
 impl Event {
@@ -66,6 +79,15 @@ impl Event {
             Event::ConfigError => "config_error",
             Event::BadInput => "bad_input",
             Event::Logout => "logout",
+            Event::Banned => "banned",
+            Event::Cooldown => "cooldown",
+            Event::PushLimit => "push_limit",
+            Event::NoPushPath => "no_push_path",
+            Event::PasscodeApproved => "passcode_approved",
+            Event::PasscodeDenied => "passcode_denied",
+            Event::SmsSent => "sms_sent",
+            Event::TotpApproved => "totp_approved",
+            Event::TotpDenied => "totp_denied",
         }
     }
 }

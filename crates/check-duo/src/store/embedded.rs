@@ -34,8 +34,11 @@ impl EmbeddedStore {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS sessions (
                  key TEXT PRIMARY KEY, user TEXT NOT NULL, approved_at INTEGER NOT NULL,
-                 tag TEXT NOT NULL, ip TEXT NOT NULL, expires_at INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);",
+                 tag TEXT NOT NULL, ip TEXT NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0,
+                 expires_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS counters (
+                 key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at INTEGER NOT NULL);",
         )
         .map_err(err("schema"))?;
         Ok(EmbeddedStore { conn })
@@ -49,6 +52,9 @@ impl EmbeddedStore {
         self.conn
             .execute("DELETE FROM locks WHERE expires_at <= ?1", params![now])
             .map_err(err("sweep"))?;
+        self.conn
+            .execute("DELETE FROM counters WHERE expires_at <= ?1", params![now])
+            .map_err(err("sweep"))?;
         Ok(())
     }
 }
@@ -61,7 +67,8 @@ impl Store for EmbeddedStore {
     fn get(&mut self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
         self.conn
             .query_row(
-                "SELECT user, approved_at, tag, ip FROM sessions WHERE key = ?1 AND expires_at > ?2",
+                "SELECT user, approved_at, tag, ip, last_seen FROM sessions
+                 WHERE key = ?1 AND expires_at > ?2",
                 params![key, now],
                 |r| {
                     Ok(Entry {
@@ -69,6 +76,7 @@ impl Store for EmbeddedStore {
                         approved_at: r.get(1)?,
                         tag: r.get(2)?,
                         ip: r.get(3)?,
+                        last_seen: r.get(4)?,
                     })
                 },
             )
@@ -103,6 +111,48 @@ impl Store for EmbeddedStore {
         Ok(n > 0)
     }
 
+    fn list(&mut self, now: i64) -> Result<Vec<super::SessionInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT user, ip, approved_at, expires_at FROM sessions WHERE expires_at > ?1
+                 ORDER BY user, approved_at",
+            )
+            .map_err(err("list"))?;
+        let rows = stmt
+            .query_map(params![now], |r| {
+                Ok(super::SessionInfo {
+                    user: r.get(0)?,
+                    ip: r.get(1)?,
+                    approved_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })
+            .map_err(err("list"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err("list"))
+    }
+
+    fn revoke_user(&mut self, user: &str, now: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM sessions WHERE user = ?1 AND expires_at > ?2",
+                params![user, now],
+            )
+            .map_err(err("revoke"))?;
+        self.sweep(now)?;
+        Ok(n as u64)
+    }
+
+    fn revoke_all(&mut self, now: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM sessions WHERE expires_at > ?1", params![now])
+            .map_err(err("revoke"))?;
+        self.sweep(now)?;
+        Ok(n as u64)
+    }
+
     fn try_lock(&mut self, key: &str, ttl: Duration, now: i64) -> Result<bool, StoreError> {
         self.conn
             .execute(
@@ -125,5 +175,35 @@ impl Store for EmbeddedStore {
             .execute("DELETE FROM locks WHERE key = ?1", params![key])
             .map_err(err("unlock"))?;
         Ok(())
+    }
+
+    fn incr(&mut self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError> {
+        // One statement: a counter whose window has ended starts again at 1.
+        let n: i64 = self
+            .conn
+            .query_row(
+                "INSERT INTO counters (key, count, expires_at) VALUES (?1, 1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET
+                     count = CASE WHEN expires_at <= ?3 THEN 1 ELSE count + 1 END,
+                     expires_at = CASE WHEN expires_at <= ?3 THEN ?2 ELSE expires_at END
+                 RETURNING count",
+                params![key, now.saturating_add(ttl_secs(window)), now],
+                |r| r.get(0),
+            )
+            .map_err(err("counter"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn count(&mut self, key: &str, now: i64) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT count FROM counters WHERE key = ?1 AND expires_at > ?2",
+                params![key, now],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("counter"))?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
     }
 }

@@ -26,6 +26,22 @@ pub struct Entry {
     /// Client address at approval.
     #[serde(default)]
     pub ip: String,
+    /// Unix seconds of the last request of this session that refreshed the entry (idle timeout).
+    #[serde(default)]
+    pub last_seen: i64,
+}
+
+/// A cached session as the admin commands show it: never its key (a keyed hash of the cookie,
+/// but still the handle of a live session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub user: String,
+    /// Client address at approval.
+    pub ip: String,
+    /// Unix seconds of the Duo approval.
+    pub approved_at: i64,
+    /// Unix seconds when the store drops it (`i64::MAX`: no expiry set).
+    pub expires_at: i64,
 }
 
 /// A store failure (the request is denied).
@@ -47,9 +63,20 @@ pub trait Store {
     fn put(&mut self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError>;
     /// Remove one session; true if it existed.
     fn delete(&mut self, key: &str) -> Result<bool, StoreError>;
+    /// Every unexpired session (`check-duo sessions list`), without its key.
+    fn list(&mut self, now: i64) -> Result<Vec<SessionInfo>, StoreError>;
+    /// End every session of `user`; how many unexpired sessions were ended.
+    fn revoke_user(&mut self, user: &str, now: i64) -> Result<u64, StoreError>;
+    /// End every session; how many unexpired sessions were ended.
+    fn revoke_all(&mut self, now: i64) -> Result<u64, StoreError>;
     /// Take the push lock of a session for `ttl`; false when another process holds it.
     fn try_lock(&mut self, key: &str, ttl: Duration, now: i64) -> Result<bool, StoreError>;
     fn unlock(&mut self, key: &str) -> Result<(), StoreError>;
+    /// Add one to the counter `key` and return the new count. The first increment starts a
+    /// window of `window`; when it ends the counter is gone.
+    fn incr(&mut self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError>;
+    /// The current count of `key` (0 when absent or expired).
+    fn count(&mut self, key: &str, now: i64) -> Result<u64, StoreError>;
 }
 
 /// Open the store the config names.

@@ -50,8 +50,76 @@ impl RedisStore {
         format!("{}session:{key}", self.prefix)
     }
 
+    /// Every session key, by `SCAN … MATCH` (never `KEYS`, which blocks the server), with the
+    /// prefix's glob characters escaped. SCAN may return a key twice: deduplicated.
+    fn session_keys(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut pattern = String::new();
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("session:*");
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query(&mut self.conn)
+                .map_err(err("SCAN"))?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// The entries (and TTLs in seconds) of `keys`, in batches of one pipeline each; gone or
+    /// unparsable entries are left out.
+    fn entries(&mut self, keys: &[String]) -> Result<Vec<(String, Entry, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(200) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.get(k).cmd("TTL").arg(k);
+            }
+            let values: Vec<(Option<String>, i64)> =
+                pipe.query(&mut self.conn).map_err(err("GET"))?;
+            for (k, (v, ttl)) in chunk.iter().zip(values) {
+                if let Some(e) = v.and_then(|s| serde_json::from_str::<Entry>(&s).ok()) {
+                    if ttl != -2 {
+                        out.push((k.clone(), e, ttl));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_keys(&mut self, keys: &[String]) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for chunk in keys.chunks(200) {
+            let d: u64 = self.conn.del(chunk).map_err(err("DEL"))?;
+            n += d;
+        }
+        Ok(n)
+    }
+
     fn lock_key(&self, key: &str) -> String {
         format!("{}lock:{key}", self.prefix)
+    }
+
+    fn counter_key(&self, key: &str) -> String {
+        format!("{}count:{key}", self.prefix)
     }
 }
 
@@ -83,6 +151,42 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
+    fn list(&mut self, now: i64) -> Result<Vec<super::SessionInfo>, StoreError> {
+        let keys = self.session_keys()?;
+        let mut list: Vec<_> = self
+            .entries(&keys)?
+            .into_iter()
+            .map(|(_, e, ttl)| super::SessionInfo {
+                user: e.user,
+                ip: e.ip,
+                approved_at: e.approved_at,
+                expires_at: if ttl < 0 {
+                    i64::MAX
+                } else {
+                    now.saturating_add(ttl)
+                },
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.user, a.approved_at).cmp(&(&b.user, b.approved_at)));
+        Ok(list)
+    }
+
+    fn revoke_user(&mut self, user: &str, _now: i64) -> Result<u64, StoreError> {
+        let keys = self.session_keys()?;
+        let theirs: Vec<String> = self
+            .entries(&keys)?
+            .into_iter()
+            .filter(|(_, e, _)| e.user == user)
+            .map(|(k, _, _)| k)
+            .collect();
+        self.delete_keys(&theirs)
+    }
+
+    fn revoke_all(&mut self, _now: i64) -> Result<u64, StoreError> {
+        let keys = self.session_keys()?;
+        self.delete_keys(&keys)
+    }
+
     fn try_lock(&mut self, key: &str, ttl: Duration, _now: i64) -> Result<bool, StoreError> {
         let k = self.lock_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -101,5 +205,26 @@ impl Store for RedisStore {
         let k = self.lock_key(key);
         let _: i64 = self.conn.del(k).map_err(err("DEL"))?;
         Ok(())
+    }
+
+    fn incr(&mut self, key: &str, window: Duration, _now: i64) -> Result<u64, StoreError> {
+        let k = self.counter_key(key);
+        // INCR and the window's EXPIRE (set only by the first increment: NX) in one transaction.
+        let (n, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .incr(&k, 1)
+            .cmd("EXPIRE")
+            .arg(&k)
+            .arg(window.as_secs().max(1))
+            .arg("NX")
+            .query(&mut self.conn)
+            .map_err(err("INCR"))?;
+        Ok(n)
+    }
+
+    fn count(&mut self, key: &str, _now: i64) -> Result<u64, StoreError> {
+        let k = self.counter_key(key);
+        let n: Option<u64> = self.conn.get(k).map_err(err("GET"))?;
+        Ok(n.unwrap_or(0))
     }
 }

@@ -1,0 +1,293 @@
+//! The INSTALLED Debian package (scripts/test-package builds it, `dpkg -i`s it, runs this test with
+//! `CHECK_DUO_INSTALLED_PACKAGE=1`, then purges it): files, owners and modes of the
+//! least-privilege setup, then the end-to-end path through a real Apache running the installed
+//! `/usr/bin/check-duo` as an unprivileged user with the installed config location, store
+//! directory and audit directory. Without the variable the test says it skipped and passes.
+//!
+//! Apache is started with the shared harness (tests/support/apache.rs), which renders the
+//! repository's deploy/apache/check-duo.conf; the test first proves that the installed
+//! conf-available/check-duo.conf is that file with only the binary path changed, and uses the
+//! installed login page.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use duo_sim::{Behaviours, PushKind, SimConfig, UserBehaviour};
+use serde_json::{json, Value};
+
+use support::apache::{Apache, ApacheSpec, APACHE2, AUTHNZ_EXTERNAL_SO, DEPLOY_DIR};
+use support::process::chmod;
+
+const ENV: &str = "CHECK_DUO_INSTALLED_PACKAGE";
+const BIN: &str = "/usr/bin/check-duo";
+const CONFIG: &str = "/etc/check-duo/config.json";
+const AUDIT: &str = "/var/log/check-duo/audit.jsonl";
+const STORE: &str = "/var/lib/check-duo/sessions.db";
+const IKEY: &str = "DIPACKAGETESTXXXXXXX";
+const SKEY: &str = "packageTestSecretKeyForTheSimulatorOnly0";
+const USER: &str = "alice";
+const PASSWORD: &str = "correct horse, battery=staple&1";
+const SECRET: &str = "check-duo-package-protected-content";
+
+fn gid_of(group: &str) -> u32 {
+    let text = fs::read_to_string("/etc/group").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&group)).then(|| f[2].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("group {group} does not exist"))
+}
+
+/// (mode & 07777, uid, gid)
+fn stat(path: &str) -> (u32, u32, u32) {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn installed_package() {
+    if std::env::var_os(ENV).is_none() {
+        eprintln!("SKIPPED installed_package: {ENV} is not set (scripts/test-package sets it)");
+        return;
+    }
+    let tools = [
+        ("apache2", APACHE2),
+        ("mod_authnz_external", AUTHNZ_EXTERNAL_SO),
+    ];
+    if !support::tools_present("installed_package", &tools) {
+        return;
+    }
+    files_and_modes();
+    let template = fs::read(CONFIG).unwrap();
+    // The shipped template has no user: config check must say so and fail.
+    let (code, out, _) = run(Command::new(BIN).args(["config", "check", "-c", CONFIG]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("key `usernames`"), "{out}");
+
+    let result = std::panic::catch_unwind(end_to_end);
+    // Put the package's own config back, whatever happened (the purge removes it anyway).
+    fs::write(CONFIG, template).unwrap();
+    let _ = fs::remove_file("/etc/check-duo/duo-sim-ca.pem");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn files_and_modes() {
+    let g = gid_of("check-duo");
+    assert_eq!(stat(BIN), (0o2755, 0, g), "{BIN}");
+    assert_eq!(stat("/etc/check-duo"), (0o750, 0, g));
+    assert_eq!(stat(CONFIG), (0o640, 0, g));
+    assert_eq!(stat("/etc/check-duo/session-passphrase"), (0o600, 0, 0));
+    assert!(
+        fs::metadata("/etc/check-duo/session-passphrase")
+            .unwrap()
+            .len()
+            >= 32
+    );
+    assert_eq!(stat("/var/lib/check-duo"), (0o2770, 0, g));
+    assert_eq!(stat("/var/log/check-duo"), (0o2770, 0, g));
+    for f in [
+        "/usr/share/man/man1/check-duo.1.gz",
+        "/usr/share/man/man1/check-duo-config-check.1.gz",
+        "/usr/share/man/man1/check-duo-sessions-list.1.gz",
+        "/usr/share/man/man1/check-duo-hash-password.1.gz",
+        "/usr/share/bash-completion/completions/check-duo",
+        "/usr/share/zsh/vendor-completions/_check-duo",
+        "/usr/share/fish/vendor_completions.d/check-duo.fish",
+        "/usr/share/doc/check-duo/examples/embedded.json",
+        "/usr/share/doc/check-duo/examples/apache/protected-location.conf",
+        "/usr/share/doc/check-duo/least-privilege.md",
+        "/etc/logrotate.d/check-duo",
+    ] {
+        let (mode, uid, _) = stat(f);
+        assert_eq!((mode, uid), (0o644, 0), "{f}");
+    }
+    // The Apache snippet is the repository's, with only the binary path changed.
+    let shipped = fs::read_to_string(format!("{DEPLOY_DIR}/check-duo.conf")).unwrap();
+    let installed = fs::read_to_string("/etc/apache2/conf-available/check-duo.conf").unwrap();
+    assert_eq!(
+        installed,
+        shipped.replace(
+            "\"/usr/local/bin/check-duo -c /etc/check-duo/config.json\"",
+            "\"/usr/bin/check-duo -c /etc/check-duo/config.json\""
+        )
+    );
+    assert!(installed.contains("DefineExternalAuth duo pipe \"/usr/bin/check-duo -c"));
+    assert_eq!(
+        fs::read("/usr/share/check-duo/login/index.html").unwrap(),
+        fs::read(format!("{DEPLOY_DIR}/login/index.html")).unwrap()
+    );
+    let (code, out, _) = run(Command::new(BIN).arg("--version"));
+    assert!(out.starts_with("check-duo "), "{code} {out}");
+    // Apache's unprivileged user cannot read the configuration without the binary's group.
+    let (code, _, err) = run(Command::new("runuser").args(["-u", "nobody", "--", "cat", CONFIG]));
+    assert_ne!(code, 0, "nobody read {CONFIG}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+fn hash_with_installed_binary(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["hash-password", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The session cookie from a response's Set-Cookie headers.
+fn session_cookie(resp: &ureq::Response) -> Option<String> {
+    resp.all("set-cookie")
+        .into_iter()
+        .filter_map(|c| c.split(';').next())
+        .find(|c| c.starts_with("formsession=") && c.len() > "formsession=".len())
+        .map(str::to_string)
+}
+
+fn get(agent: &ureq::Agent, url: &str, cookie: &str) -> (u16, String) {
+    match agent.get(url).set("Cookie", cookie).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn end_to_end() {
+    let g = gid_of("check-duo");
+    let mut sim_cfg = SimConfig::new(IKEY, SKEY);
+    sim_cfg.long_poll = Duration::from_secs(2);
+    sim_cfg.behaviours =
+        Behaviours::default().with_user(USER, UserBehaviour::push(PushKind::Approve));
+    let sim = duo_sim::start(sim_cfg).unwrap();
+
+    // Everything the installed binary reads lives where the package put it, with its modes.
+    let ca = "/etc/check-duo/duo-sim-ca.pem";
+    fs::write(ca, sim.ca_pem()).unwrap();
+    std::os::unix::fs::chown(ca, Some(0), Some(g)).unwrap();
+    chmod(Path::new(ca), 0o640);
+    let _ = fs::remove_file(AUDIT);
+    // No `cache` key: the default embedded store, /var/lib/check-duo/sessions.db.
+    let config = json!({
+        "usernames": { USER: hash_with_installed_binary(PASSWORD) },
+        "duo": { "ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
+                 "push_timeout": 10, "call_timeout": 5 },
+        "session": { "name": "formsession", "expiry": 3600 },
+        "audit": { "file": AUDIT },
+    });
+    // Written in place: keeps the package's owner, group and mode.
+    fs::write(CONFIG, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    assert_eq!(stat(CONFIG), (0o640, 0, g));
+
+    let (code, out, _) = run(Command::new(BIN).args(["config", "check", "-c", CONFIG]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("duo.ikey and duo.skey accepted"), "{out}");
+
+    let dir = tempfile::Builder::new()
+        .prefix("check-duo-package-")
+        .tempdir()
+        .unwrap();
+    chmod(dir.path(), 0o755);
+    let docroot = dir.path().join("htdocs");
+    fs::create_dir_all(docroot.join("login")).unwrap();
+    fs::create_dir_all(docroot.join("private")).unwrap();
+    fs::copy(
+        "/usr/share/check-duo/login/index.html",
+        docroot.join("login/index.html"),
+    )
+    .unwrap();
+    fs::write(
+        docroot.join("private/index.html"),
+        format!("<!doctype html><title>private</title><h1>{SECRET}</h1>"),
+    )
+    .unwrap();
+    for p in [&docroot, &docroot.join("login"), &docroot.join("private")] {
+        chmod(p, 0o755);
+    }
+    let apache = Apache::start(
+        &dir.path().join("apache"),
+        &ApacheSpec {
+            name: "apache-installed",
+            authenticator: &format!("{BIN} -c {CONFIG}"),
+            passphrase: "package test session passphrase",
+            docroot: &docroot,
+        },
+    );
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(30))
+        .build();
+
+    // The login page, unauthenticated.
+    let (status, body) = get(&agent, &apache.url("/login/"), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("httpd_password"), "{body}");
+
+    // The form: the password only (CONTEXT=login), then the cookie.
+    let resp = agent
+        .post(&apache.url("/login/submit"))
+        .send_form(&[("httpd_username", USER), ("httpd_password", PASSWORD)])
+        .unwrap_or_else(|e| panic!("login: {e}\n{}", apache.error_log()));
+    assert_eq!(resp.status(), 302, "{}", apache.error_log());
+    let cookie = session_cookie(&resp).expect("a session cookie after the login");
+
+    // The protected page: a push, approved by the simulator, then the page.
+    let (status, body) = get(&agent, &apache.url("/private/"), &cookie);
+    assert_eq!(status, 200, "{body}\n{}", apache.error_log());
+    assert!(body.contains(SECRET));
+    // Again: from the store, no second push.
+    let (status, _) = get(&agent, &apache.url("/private/"), &cookie);
+    assert_eq!(status, 200, "{}", apache.error_log());
+    assert_eq!(sim.pushes().len(), 1, "{}", apache.error_log());
+
+    // The store was created by the unprivileged user through the binary's group.
+    let (_, _, store_gid) = stat(STORE);
+    assert_eq!(store_gid, g, "{STORE}");
+    // The audit log: one record per decision, never the password.
+    let audit = fs::read_to_string(AUDIT).unwrap();
+    assert!(!audit.contains(PASSWORD));
+    let events: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .into()
+        })
+        .collect();
+    assert!(events.contains(&"push_approved".to_string()), "{events:?}");
+    assert!(events.contains(&"cache_hit".to_string()), "{events:?}");
+
+    // The admin commands on the installed store.
+    let (code, out, err) = run(Command::new(BIN).args(["sessions", "list", "-c", CONFIG]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).unwrap_or("").starts_with(USER), "{out}");
+    let (code, out, err) =
+        run(Command::new(BIN).args(["sessions", "revoke", "-c", CONFIG, "--user", USER]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ended 1 session(s)"), "{out}");
+    // Revoked: the next request asks Duo again.
+    let (status, _) = get(&agent, &apache.url("/private/"), &cookie);
+    assert_eq!(status, 200, "{}", apache.error_log());
+    assert_eq!(sim.pushes().len(), 2, "{}", apache.error_log());
+}
