@@ -4,7 +4,9 @@
 //!
 //! Sessions use `pageLoadStrategy: none`, so no command waits for a page load: a login blocks
 //! the page load until the Duo push is answered, and the test must be free to answer it
-//! meanwhile. Tests poll for what they expect with [`Browser::wait_for`].
+//! meanwhile. Tests poll for what they expect with [`Browser::wait_for`] and
+//! [`Browser::wait_for_path`]. Some commands (`page_source`) still wait for a navigation in
+//! flight: don't call them while a push is pending.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -43,6 +45,8 @@ impl Browser {
             let port = free_port();
             let child = Command::new(CHROMEDRIVER)
                 .arg(format!("--port={port}"))
+                // Chromium's own temporary files then go with the test's directory.
+                .env("TMPDIR", profile.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
