@@ -51,6 +51,8 @@ struct Options {
     apaches: usize,
     /// Store alice's password as a bcrypt hash (`usernames`) or in the seed's plaintext form.
     hashed: bool,
+    /// The config's `limits` section, if any.
+    limits: Option<serde_json::Value>,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             store: Store::Embedded,
             apaches: 1,
             hashed: true,
+            limits: None,
         }
     }
 }
@@ -139,6 +142,10 @@ fn world(test: &str, opts: Options) -> Option<World> {
         json!({ "username": USER, "password": PASSWORD, "duo": duo, "cache": cache,
                 "session": session })
     };
+    let mut config = config;
+    if let Some(limits) = &opts.limits {
+        config["limits"] = limits.clone();
+    }
     let config_file = dir.path().join("config.json");
     fs::write(&config_file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     chmod(&config_file, 0o644);
@@ -175,7 +182,7 @@ fn world(test: &str, opts: Options) -> Option<World> {
 fn write_site(docroot: &Path) {
     install_login_page(docroot);
     let private = docroot.join("private");
-    for sub in ["img", "css", "js"] {
+    for sub in ["img", "css", "js", "api"] {
         fs::create_dir_all(private.join(sub)).unwrap();
     }
     fs::write(
@@ -221,6 +228,8 @@ fn write_site(docroot: &Path) {
         .unwrap();
     }
     let _ = writeln!(page, "<h1 id=\"secret\">{SECRET}</h1>");
+    // What a page's background poll fetches.
+    fs::write(private.join("api/poll.json"), "{\"new_messages\": 0}\n").unwrap();
     fs::write(private.join("assets.html"), page).unwrap();
 }
 
@@ -678,4 +687,88 @@ fn shipped_config_passes_apache_syntax_check() {
         "apache2 -t: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The login page's passcode field: the code rides on the password to check-duo, which asks Duo
+/// with `factor=passcode`, so no push is sent at all.
+#[test]
+fn passcode_typed_on_the_login_page_needs_no_push() {
+    let Some(w) = world("passcode", Options::default()) else {
+        return;
+    };
+    w.sim.set_behaviours(Behaviours::default().with_user(
+        USER,
+        UserBehaviour {
+            passcodes: vec!["314159".into()],
+            ..UserBehaviour::push(PushKind::Deny)
+        },
+    ));
+    let b = &w.browser;
+    b.goto(&w.apache(0).url("/private/"));
+    w.wait_for_path("/login/");
+    b.send_keys(
+        &b.wait_for_element("input[name=httpd_username]", PAGE),
+        USER,
+    );
+    b.send_keys(
+        &b.wait_for_element("input[name=httpd_password]", PAGE),
+        PASSWORD,
+    );
+    b.click(&b.wait_for_element("#other-factor summary", PAGE));
+    b.send_keys(&b.wait_for_element("#passcode", PAGE), "314159");
+    b.click(&b.wait_for_element("button[type=submit]", PAGE));
+    w.wait_for_protected("/private/");
+    let c = w.counters();
+    assert_eq!(c.auth, 1, "{c:?}");
+    assert!(c.pushes_by_user.is_empty(), "no push for a passcode: {c:?}");
+    let pushes = w.pushes();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].factor, "passcode");
+    assert_eq!(pushes[0].state, PushState::Allow);
+    // The next page comes from the cache.
+    b.goto(&w.apache(0).url("/private/assets.html"));
+    w.wait_for_protected("/private/assets.html");
+    assert_eq!(w.counters().auth, 1);
+}
+
+/// A page that polls in the background while its user is away: after the session expires, the
+/// polls are denied without a push (`limits.no_push_paths`); only a page navigation asks again.
+#[test]
+fn background_polls_after_expiry_never_push() {
+    let Some(w) = world(
+        "background_polls",
+        Options {
+            expiry: 3,
+            limits: Some(json!({"no_push_paths": ["/private/api/*"]})),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    w.login(0, USER, PASSWORD);
+    w.wait_for_protected("/private/");
+    assert_eq!(w.counters().auth, 1);
+    let poll = |b: &support::webdriver::Browser| {
+        b.execute(
+            "return fetch('/private/api/poll.json', {credentials: 'same-origin'})\
+               .then(r => [r.status, new URL(r.url).pathname]);",
+            &[],
+        )
+    };
+    assert_eq!(poll(&w.browser), json!([200, "/private/api/poll.json"]));
+    std::thread::sleep(Duration::from_millis(3500));
+    // Expired: ten polls, each sent back to the login page, and Duo hears nothing.
+    for _ in 0..10 {
+        assert_eq!(poll(&w.browser), json!([200, "/login/"]));
+    }
+    assert_eq!(
+        w.counters().auth,
+        1,
+        "a poll sent a push: {:?}",
+        w.counters()
+    );
+    // A page navigation is what asks again.
+    w.browser.goto(&w.apache(0).url("/private/"));
+    w.wait_for_protected("/private/");
+    assert_eq!(w.counters().auth, 2, "{:?}", w.counters());
 }
