@@ -164,6 +164,7 @@ fn world(test: &str, opts: Options) -> Option<World> {
                     authenticator: &authenticator,
                     passphrase: &passphrase,
                     docroot: &docroot,
+                    installed_conf: None,
                 },
             )
         })
@@ -632,7 +633,8 @@ fn shipped_config_passes_apache_syntax_check() {
     let dir = tempfile::tempdir().unwrap();
     let passphrase = dir.path().join("passphrase");
     fs::write(&passphrase, "x").unwrap();
-    let rendered = support::apache::render_check_duo_conf("/bin/false -c /dev/null", &passphrase);
+    let rendered =
+        support::apache::render_check_duo_conf("/bin/false -c /dev/null", &passphrase, None);
     assert!(!rendered.contains(";secure;"));
     let original =
         fs::read_to_string(format!("{}/check-duo.conf", support::apache::DEPLOY_DIR)).unwrap();

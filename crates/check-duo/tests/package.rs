@@ -231,6 +231,8 @@ fn end_to_end() {
             authenticator: &format!("{BIN} -c {CONFIG}"),
             passphrase: "package test session passphrase",
             docroot: &docroot,
+            // The package's own snippet, running the installed binary with the installed config.
+            installed_conf: Some(Path::new("/etc/apache2/conf-available/check-duo.conf")),
         },
     );
     let agent = ureq::AgentBuilder::new()

@@ -55,8 +55,19 @@ fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
 /// - the session cookie loses its `secure` flag, because the tests speak plain HTTP to
 ///   127.0.0.1 and a browser never sends a `secure` cookie back over plain HTTP (the login would
 ///   loop back to /login). Production keeps the flag: TLS is required there.
-pub fn render_check_duo_conf(authenticator: &str, passphrase_file: &Path) -> String {
-    let file = format!("{DEPLOY_DIR}/check-duo.conf");
+///
+/// With `installed`, the file is an installed copy (the Debian package's conf-available
+/// snippet) and its authenticator line is kept as it is: Apache then runs the installed binary
+/// with the installed config.
+pub fn render_check_duo_conf(
+    authenticator: &str,
+    passphrase_file: &Path,
+    installed: Option<&Path>,
+) -> String {
+    let file = match installed {
+        Some(p) => p.display().to_string(),
+        None => format!("{DEPLOY_DIR}/check-duo.conf"),
+    };
     let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {file}: {e}"));
     assert!(
         !authenticator.contains('"'),
@@ -74,6 +85,13 @@ pub fn render_check_duo_conf(authenticator: &str, passphrase_file: &Path) -> Str
         &format!("SessionCryptoPassphraseFile {}", passphrase_file.display()),
         &file,
     );
+    if installed.is_some() {
+        assert!(
+            text.contains(&format!("DefineExternalAuth duo pipe \"{authenticator}\"")),
+            "{file}: the installed snippet does not run {authenticator}"
+        );
+        return text;
+    }
     replace_once(
         &text,
         "\"/usr/local/bin/check-duo -c /etc/check-duo/config.json\"",
@@ -104,6 +122,9 @@ pub struct ApacheSpec<'a> {
     pub passphrase: &'a str,
     /// The document root (the caller fills it; [`install_login_page`] adds /login).
     pub docroot: &'a Path,
+    /// An installed check-duo.conf to use instead of the repository's (see
+    /// [`render_check_duo_conf`]).
+    pub installed_conf: Option<&'a Path>,
 }
 
 /// A running Apache; stopped when dropped.
@@ -129,7 +150,7 @@ impl Apache {
         let check_duo_conf = conf_d.join("check-duo.conf");
         fs::write(
             &check_duo_conf,
-            render_check_duo_conf(spec.authenticator, &passphrase_file),
+            render_check_duo_conf(spec.authenticator, &passphrase_file, spec.installed_conf),
         )
         .expect("write check-duo.conf");
         // Used exactly as shipped.
