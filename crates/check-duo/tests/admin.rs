@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use check_duo::config::{CacheConfig, Credential};
 use check_duo::store::{self, Entry};
-use duo_sim::{Behaviours, PreauthKind, PushKind, SimConfig, SimHandle, UserBehaviour};
+use duo_sim::{Behaviours, PreauthKind, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_check-duo");
@@ -21,11 +21,7 @@ const SKEY: &str = "adminTestSecretKeyForTheSimulatorOnly000";
 const PASSWORD: &str = "correct horse, battery staple";
 const COOKIE: &str = "formsession=YWRtaW4tdGVzdA==";
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
-    Embedded,
-    Redis,
-}
+use support::world::{argon2_hash, start_sim, Backend};
 
 struct World {
     dir: tempfile::TempDir,
@@ -35,44 +31,22 @@ struct World {
     redis: Option<support::redis::Redis>,
 }
 
-fn argon2(pw: &str) -> String {
-    use std::sync::OnceLock;
-    static H: OnceLock<String> = OnceLock::new();
-    H.get_or_init(|| check_duo::password::hash_argon2id(pw).unwrap())
-        .clone()
-}
-
 impl World {
     fn new(backend: Backend) -> Option<World> {
-        if backend == Backend::Redis
-            && !support::tools_present(
-                "admin (redis)",
-                &[("redis-server", support::redis::REDIS_SERVER)],
-            )
-        {
+        if !backend.available("admin (redis)") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mut sim_cfg = SimConfig::new(IKEY, SKEY);
-        sim_cfg.long_poll = Duration::from_millis(500);
-        sim_cfg.behaviours = Behaviours::default()
+        let behaviours = Behaviours::default()
             .with_user("alice", UserBehaviour::push(PushKind::Approve))
             .with_user("bob", UserBehaviour::push(PushKind::Approve))
             .with_user("dave", UserBehaviour::preauth(PreauthKind::Allow));
-        let sim = duo_sim::start(sim_cfg).unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, sim.ca_pem()).unwrap();
-        let (cache, redis) = match backend {
-            Backend::Embedded => (json!({"path": dir.path().join("sessions.db")}), None),
-            Backend::Redis => {
-                let r = support::redis::Redis::start(dir.path());
-                // Glob characters in the prefix must not widen SCAN's MATCH.
-                (json!({"url": r.url(), "prefix": "cd*[a]:"}), Some(r))
-            }
-        };
+        let (sim, ca) = start_sim(IKEY, SKEY, behaviours, dir.path());
+        // Glob characters in the prefix must not widen SCAN's MATCH.
+        let (cache, redis) = backend.cache(dir.path(), "cd*[a]:");
         let users: serde_json::Map<String, Value> = ["alice", "bob", "dave"]
             .iter()
-            .map(|u| (u.to_string(), json!(argon2(PASSWORD))))
+            .map(|u| (u.to_string(), json!(argon2_hash(PASSWORD))))
             .collect();
         let cfg = json!({
             "usernames": users,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use duo_sim::{Behaviours, PreauthKind, PushKind, RateLimit, SimConfig, SimHandle, UserBehaviour};
+use duo_sim::{Behaviours, PreauthKind, PushKind, RateLimit, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
 const IKEY: &str = "DIXYZV6YM8IFYVWBINCA";
@@ -17,11 +17,7 @@ const SKEY: &str = "yWHSMhWucAcp7qvuH3HWTaSaKABs8Gaddiv1NIRo";
 const PASSWORD: &str = "correct horse, battery staple";
 const COOKIE: &str = "formsession=c2Vzc2lvbi1vbmU=";
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Embedded,
-    Redis,
-}
+use support::world::{argon2_hash, start_sim, Backend};
 
 /// One test's world: a simulator, a store, a config file.
 struct World {
@@ -77,12 +73,7 @@ impl World {
 
     fn with(backend: Backend, tweak: impl FnOnce(&mut Value)) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let mut sim_cfg = SimConfig::new(IKEY, SKEY);
-        sim_cfg.behaviours = behaviours();
-        sim_cfg.long_poll = Duration::from_millis(500);
-        let sim = duo_sim::start(sim_cfg).unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, sim.ca_pem()).unwrap();
+        let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
 
         let users: serde_json::Map<String, Value> = [
             "alice", "bob", "carol", "dave", "erin", "frank", "hank", "ivan", "jill", "kate",
@@ -91,16 +82,11 @@ impl World {
         .iter()
         .map(|u| (u.to_string(), json!(argon2_hash(PASSWORD))))
         .collect();
-        let (cache, redis) = match backend {
-            Backend::Embedded => (json!({"path": dir.path().join("sessions.db")}), None),
-            Backend::Redis => {
-                let r = support::redis::Redis::start(dir.path());
-                (
-                    json!({"host": "127.0.0.1", "port": r.port.to_string(), "prefix": "cd:"}),
-                    Some(r),
-                )
-            }
-        };
+        let (mut cache, redis) = backend.cache(dir.path(), "cd:");
+        if let Some(r) = &redis {
+            // The seed's form of a Redis cache: host and a string port.
+            cache = json!({"host": "127.0.0.1", "port": r.port.to_string(), "prefix": "cd:"});
+        }
         let mut cfg = json!({
             "usernames": users,
             "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
@@ -131,14 +117,6 @@ impl World {
             ],
         }
     }
-}
-
-/// Cached argon2id hashes: hashing is slow in debug builds.
-fn argon2_hash(pw: &str) -> String {
-    use std::sync::OnceLock;
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| check_duo::password::hash_argon2id(pw).unwrap())
-        .clone()
 }
 
 /// One run of the binary.
@@ -583,13 +561,7 @@ macro_rules! suite {
 }
 
 fn backend_available(b: Backend) -> bool {
-    match b {
-        Backend::Embedded => true,
-        Backend::Redis => support::tools_present(
-            "redis backend",
-            &[("redis-server", support::redis::REDIS_SERVER)],
-        ),
-    }
+    b.available("redis backend")
 }
 
 macro_rules! both {

@@ -8,6 +8,7 @@ pub mod apache;
 pub mod process;
 pub mod redis;
 pub mod webdriver;
+pub mod world;
 
 use std::path::Path;
 
