@@ -272,7 +272,13 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            err(&key, e.into_inner().to_string())
+            // serde quotes the offending value; for a secret that would put it in every log line.
+            let message = if is_secret_key(&key) {
+                "must be a string (the value is not shown: it is a secret)".to_string()
+            } else {
+                e.into_inner().to_string()
+            };
+            err(&key, message)
         })?;
 
         let users = users(&raw, &err)?;
@@ -401,6 +407,15 @@ fn limits(raw: Option<&RawLimits>, err: &ErrFn<'_>) -> Result<Limits, ConfigErro
         }
     }
     Ok(limits)
+}
+
+/// Keys whose values must never appear in a message.
+fn is_secret_key(key: &str) -> bool {
+    matches!(
+        key,
+        "password" | "duo.skey" | "cache.password" | "cache.url"
+    ) || key.starts_with("usernames.")
+        || key.starts_with("totp.")
 }
 
 fn check_username(name: &str) -> Result<(), String> {
@@ -744,6 +759,16 @@ mod tests {
         assert!(matches!(c.users["bob"], Credential::Argon2id(_)));
         let e = parse(&text.replace("$2y$05", "plain")).unwrap_err();
         assert_eq!(e.key, "usernames.alice");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_quoted() {
+        let e = parse(&SEED.replace(r#""s00p3rSekrit!""#, "987654321")).unwrap_err();
+        assert_eq!(e.key, "password");
+        assert!(!e.to_string().contains("987654321"), "{e}");
+        let e = parse(&SEED.replace(r#""skey": "secret""#, r#""skey": 424242"#)).unwrap_err();
+        assert_eq!(e.key, "duo.skey");
+        assert!(!e.to_string().contains("424242"), "{e}");
     }
 
     #[test]

@@ -34,12 +34,17 @@ pub fn run(config: &Path, protocol: Protocol, started: Instant) -> bool {
             return false;
         }
     };
-    let (mut decision, audit) = match Config::load(config) {
+    let loaded = crate::privilege::check_config_path(config)
+        .map_err(|reason| Decision::deny(Event::ConfigError, reason))
+        .and_then(|()| {
+            Config::load(config).map_err(|e| Decision::deny(Event::ConfigError, e.to_string()))
+        });
+    let (mut decision, audit) = match loaded {
         Ok(cfg) => (
             gate::decide(&cfg, &req, &SystemClock, &Sleep),
             cfg.audit.clone(),
         ),
-        Err(e) => (Decision::deny(Event::ConfigError, e.to_string()), None),
+        Err(deny) => (deny, None),
     };
     let ctx = Some(&req.context);
     if let Some(audit) = &audit {

@@ -84,6 +84,21 @@ fn verify_password(
     req: &Request,
     now: i64,
 ) -> Result<Requested, Decision> {
+    let started = Instant::now();
+    let result = check_password(cfg, req);
+    if result.is_err() {
+        // Every failure takes at least this long, whether the user exists, which hash it has
+        // (the seed's plaintext, a cheap bcrypt, argon2id) and how many were tried.
+        std::thread::sleep(FAILURE_FLOOR.saturating_sub(started.elapsed()));
+    }
+    result.map_err(|deny| limits::record_failure(store, &cfg.limits, &req.user, &req.ip, now, deny))
+}
+
+/// The least time a failed password check takes (see [`verify_password`]): above the cost of
+/// any check a release build makes (two argon2id verifications with default parameters).
+const FAILURE_FLOOR: Duration = Duration::from_millis(500);
+
+fn check_password(cfg: &Config, req: &Request) -> Result<Requested, Decision> {
     let password = req.password.expose();
     let (event, reason) = match cfg.users.get(&req.user) {
         Some(cred) => match factor::check_password(cred, password) {
@@ -95,14 +110,7 @@ fn verify_password(
             (Event::UnknownUser, "unknown user")
         }
     };
-    Err(limits::record_failure(
-        store,
-        &cfg.limits,
-        &req.user,
-        &req.ip,
-        now,
-        Decision::deny(event, reason),
-    ))
+    Err(Decision::deny(event, reason))
 }
 
 /// A protected request. `Err` carries a deny decided early.
@@ -218,31 +226,51 @@ fn second_factor(
     pause: &dyn Pause,
 ) -> Decision {
     let now = clock.now();
-    if let Some(secret) = cfg.totp.get(&req.user) {
-        return local_totp(cfg, store, req, secret, requested, now);
-    }
-    let interactive = matches!(
-        requested,
-        Requested::Default | Requested::Push | Requested::Phone
-    );
-    if interactive {
-        match limits::may_push(store, &cfg.limits, session_id, &req.user, now) {
+    if matches!(requested, Requested::Passcode(_) | Requested::Sms) {
+        match limits::spent(store, session_id, now) {
             Ok(None) => {}
             Ok(Some(d)) => return d,
             Err(e) => return store_error(e),
         }
     }
+    if let Some(secret) = cfg.totp.get(&req.user) {
+        let d = local_totp(store, req, secret, requested, now);
+        return limits::after_second_factor(
+            store,
+            &cfg.limits,
+            session_id,
+            &req.user,
+            &req.ip,
+            now,
+            d,
+        );
+    }
     let client = match duo::client(&cfg.duo) {
         Ok(c) => c,
         Err(e) => return Decision::deny(Event::ConfigError, format!("Duo client: {e}")),
     };
+    // Everything but a passcode reaches the user's phone: behind the push limits.
+    let reaches_phone = !matches!(requested, Requested::Passcode(_));
+    if reaches_phone {
+        let lock_ttl = cfg.duo.push_timeout + Duration::from_secs(5);
+        match limits::reserve_push(store, &cfg.limits, session_id, &req.user, lock_ttl, now) {
+            Ok(None) => {}
+            Ok(Some(d)) => return d,
+            Err(e) => return store_error(e),
+        }
+    }
     let ctx = PushContext {
         user: &req.user,
         ip: &req.ip,
         host: &req.host,
         uri: &req.uri,
     };
-    let decision = duo::second_factor(&client, &cfg.duo, &ctx, requested, deadline, pause);
+    let mut decision = duo::second_factor(&client, &cfg.duo, &ctx, requested, deadline, pause);
+    if reaches_phone {
+        if let Err(e) = store.unlock(&limits::user_lock(&req.user)) {
+            decision.reason = format!("{} (user push lock not released: {e})", decision.reason);
+        }
+    }
     limits::after_second_factor(
         store,
         &cfg.limits,
@@ -256,7 +284,6 @@ fn second_factor(
 
 /// RFC 6238 against the secret in the config; a code is good once.
 fn local_totp(
-    cfg: &Config,
     store: &mut dyn Store,
     req: &Request,
     secret: &[u8],
@@ -265,33 +292,27 @@ fn local_totp(
 ) -> Decision {
     let Requested::Passcode(code) = requested else {
         return Decision::deny(
-            Event::TotpDenied,
+            Event::TotpRequired,
             "this user signs in with a TOTP code (password,123456)",
         );
     };
-    // Refuse a replay of the same code (it stays valid for up to 90 s).
-    let reason = match totp::verify(secret, code, now) {
-        None => "wrong or expired TOTP code",
-        Some(step) => {
-            match store.incr(
-                &format!("totp:{}:{step}", req.user),
-                Duration::from_secs(120),
-                now,
-            ) {
-                Ok(1) => return Decision::grant(Event::TotpApproved, "TOTP code accepted"),
-                Ok(_) => "TOTP code already used",
-                Err(e) => return store_error(e),
-            }
-        }
+    let Some(step) = totp::verify(secret, code, now) else {
+        return Decision::deny(Event::TotpDenied, "wrong or expired TOTP code");
     };
-    limits::record_failure(
-        store,
-        &cfg.limits,
-        &req.user,
-        &req.ip,
-        now,
-        Decision::deny(Event::TotpDenied, reason),
-    )
+    // A code is good once, and never after a later one (RFC 6238 §5.2): accepting step s also
+    // spends the steps before it that are still inside the ±1 window.
+    let used = |s: i64| format!("totp:{}:{s}", req.user);
+    match store.incr(&used(step), Duration::from_secs(120), now) {
+        Ok(1) => {}
+        Ok(_) => return Decision::deny(Event::TotpDenied, "TOTP code already used"),
+        Err(e) => return store_error(e),
+    }
+    for earlier in [step - 1, step - 2] {
+        if let Err(e) = store.incr(&used(earlier), Duration::from_secs(120), now) {
+            return store_error(e);
+        }
+    }
+    Decision::grant(Event::TotpApproved, "TOTP code accepted")
 }
 
 /// The cached approval of this session for this user and password, if any and still within

@@ -18,6 +18,7 @@ pub mod input;
 pub mod limits;
 pub mod log;
 pub mod password;
+pub mod privilege;
 pub mod session;
 pub mod store;
 pub mod totp;

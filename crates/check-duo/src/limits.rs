@@ -9,6 +9,8 @@
 //!   asking Duo, so an app polling in the background cannot get the account locked at Duo.
 //! * Paths listed in `no_push_paths` never send a push.
 
+use std::time::Duration;
+
 use crate::config::Limits;
 use crate::log::{Decision, Event};
 use crate::store::{Store, StoreError};
@@ -100,13 +102,46 @@ pub fn record_failure(
     deny
 }
 
-/// `Some(deny)` when the session or the user is cooling down after a refused push, or the user
-/// has had `max_pushes` pushes in the window.
-pub fn may_push(
+/// The lock that keeps one push per user outstanding (sessions have their own).
+pub fn user_lock(user: &str) -> String {
+    format!("user:{user}")
+}
+
+/// How long a session's spent passcode or SMS request is remembered: the cookie replays the
+/// typed text on every request until the user signs in again.
+const SPENT: Duration = Duration::from_secs(7 * 86400);
+
+fn spent_key(session_id: &str) -> String {
+    format!("spent:{session_id}")
+}
+
+/// A deny when this session's passcode was already refused, or its SMS already sent: the
+/// cookie carries the same text on every request, so asking again would only bother Duo (and
+/// count failure after failure against the user).
+pub fn spent(
+    store: &mut dyn Store,
+    session_id: &str,
+    now: i64,
+) -> Result<Option<Decision>, StoreError> {
+    Ok((store.count(&spent_key(session_id), now)? > 0).then(|| {
+        Decision::deny(
+            Event::PasscodeDenied,
+            "this session's passcode was refused or its SMS sent already: sign in again",
+        )
+    }))
+}
+
+/// Reserve a push (or call, or SMS) for `user`: `Some(deny)` when the session or the user is
+/// cooling down after a refused push, another push of the user is still waiting for an answer,
+/// or the user has had `max_pushes` pushes in the window. The reservation is counted before the
+/// push goes out, so concurrent requests cannot all pass the check; on `Ok(None)` the caller
+/// holds [`user_lock`] and releases it when the push is answered.
+pub fn reserve_push(
     store: &mut dyn Store,
     limits: &Limits,
     session_id: &str,
     user: &str,
+    lock_ttl: Duration,
     now: i64,
 ) -> Result<Option<Decision>, StoreError> {
     if !limits.push_cooldown.is_zero() {
@@ -125,23 +160,37 @@ pub fn may_push(
             }
         }
     }
-    if limits.max_pushes > 0
-        && store.count(&format!("pushes:user:{user}"), now)? >= limits.max_pushes
-    {
+    if !store.try_lock(&user_lock(user), lock_ttl, now)? {
         return Ok(Some(Decision::deny(
-            Event::PushLimit,
-            format!(
-                "{} pushes in {} s: no more until the window ends",
-                limits.max_pushes,
-                limits.push_window.as_secs()
-            ),
+            Event::Cooldown,
+            "another push to this user is still waiting for an answer",
         )));
+    }
+    if limits.max_pushes > 0 {
+        let n = match store.incr(&format!("pushes:user:{user}"), limits.push_window, now) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = store.unlock(&user_lock(user));
+                return Err(e);
+            }
+        };
+        if n > limits.max_pushes {
+            let _ = store.unlock(&user_lock(user));
+            return Ok(Some(Decision::deny(
+                Event::PushLimit,
+                format!(
+                    "{} pushes in {} s: no more until the window ends",
+                    limits.max_pushes,
+                    limits.push_window.as_secs()
+                ),
+            )));
+        }
     }
     Ok(None)
 }
 
-/// Account for what the second factor did: pushes sent, cool-downs after a refusal, failures
-/// for refused passcodes.
+/// Account for what the second factor did: cool-downs after a refused push, failures for
+/// refused passcodes, and sessions whose passcode or SMS request is spent.
 pub fn after_second_factor(
     store: &mut dyn Store,
     limits: &Limits,
@@ -156,9 +205,6 @@ pub fn after_second_factor(
             d.reason = format!("{} (limit not recorded: {e})", d.reason);
         }
     };
-    if d.pushes > 0 && limits.max_pushes > 0 {
-        note(store.incr(&format!("pushes:user:{user}"), limits.push_window, now));
-    }
     if matches!(d.event, Event::PushDenied | Event::PushTimeout) && !limits.push_cooldown.is_zero()
     {
         note(store.incr(
@@ -168,7 +214,13 @@ pub fn after_second_factor(
         ));
         note(store.incr(&format!("cool:user:{user}"), limits.push_cooldown, now));
     }
-    if d.event == Event::PasscodeDenied {
+    if matches!(
+        d.event,
+        Event::PasscodeDenied | Event::TotpDenied | Event::SmsSent
+    ) {
+        note(store.incr(&spent_key(session_id), SPENT, now));
+    }
+    if matches!(d.event, Event::PasscodeDenied | Event::TotpDenied) {
         return record_failure(store, limits, user, ip, now, d);
     }
     d

@@ -55,6 +55,8 @@ pub enum Event {
     SmsSent,
     TotpApproved,
     TotpDenied,
+    /// A TOTP user gave no code.
+    TotpRequired,
 }
 
 impl Event {
@@ -88,6 +90,7 @@ impl Event {
             Event::SmsSent => "sms_sent",
             Event::TotpApproved => "totp_approved",
             Event::TotpDenied => "totp_denied",
+            Event::TotpRequired => "totp_required",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use check_duo::cli::{self, Cli, ProtocolArg};
 use check_duo::input::Protocol;
-use check_duo::{admin, dropin};
+use check_duo::{admin, dropin, privilege};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -31,6 +31,12 @@ fn main() -> ExitCode {
         }
     };
     if let Some(cmd) = cli.command {
+        if privilege::elevated() {
+            eprintln!(
+                "check-duo: admin commands do not run with the setgid group; run them as root"
+            );
+            return ExitCode::from(2);
+        }
         return ExitCode::from(admin::run(cmd));
     }
     let Some(config) = cli.config else {

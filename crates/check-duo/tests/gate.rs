@@ -542,6 +542,74 @@ fn phone_call_and_sms(w: &World) {
         .denied("SMS passcodes sent");
 }
 
+fn parallel_sessions_cannot_exceed_the_push_cap(w: &World) {
+    tight_limits(
+        w,
+        json!({"push_cooldown": 0, "max_pushes": 2, "push_window": 600}),
+    );
+    // Eight sessions of one user (an attacker with the password), all at once.
+    let started: Vec<_> = (0..8)
+        .map(|i| {
+            let call = w
+                .request("bob", PASSWORD)
+                .env("COOKIE", &format!("formsession=cGFyYWxsZWw{i}"));
+            std::thread::spawn(move || call.run())
+        })
+        .collect();
+    for t in started {
+        let o = t.join().unwrap();
+        assert!(!o.granted, "{}", o.log);
+    }
+    assert!(pushes(&w.sim, "bob") <= 2, "{:?}", w.sim.counters());
+}
+
+fn a_spent_sms_or_passcode_is_not_replayed(w: &World) {
+    // The cookie carries what was typed, so every later request repeats it.
+    let sms = format!("{PASSWORD},sms");
+    w.request("alice", &sms).run().denied("SMS passcodes sent");
+    w.request("alice", &sms).run().denied("sign in again");
+    let wrong = format!("{PASSWORD},000000");
+    let cookie = "formsession=d3Jvbmc=";
+    w.request("kate", &wrong)
+        .env("COOKIE", cookie)
+        .run()
+        .denied("event=passcode_denied");
+    let auth = w.sim.counters().auth;
+    for _ in 0..6 {
+        w.request("kate", &wrong)
+            .env("COOKIE", cookie)
+            .run()
+            .denied("sign in again");
+    }
+    assert_eq!(
+        w.sim.counters().auth,
+        auth,
+        "a spent passcode went to Duo again"
+    );
+    // Not counted as failures either: kate is not banned.
+    w.request("kate", &format!("{PASSWORD},123456"))
+        .env("COOKIE", "formsession=cmlnaHQ=")
+        .run()
+        .granted("passcode_approved");
+}
+
+fn failures_take_the_same_time_for_known_and_unknown_users(w: &World) {
+    // The seed's plaintext user fails in microseconds; an unknown user costs an argon2id check.
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&w.config).unwrap()).unwrap();
+    c["username"] = json!("plain");
+    c["password"] = json!("plain password");
+    std::fs::write(&w.config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    for user in ["plain", "alice", "nosuchuser"] {
+        let out = w.request(user, "wrong").run();
+        assert!(!out.granted);
+        assert!(
+            out.elapsed >= Duration::from_millis(500),
+            "{user}: {:?}",
+            out.elapsed
+        );
+    }
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -595,6 +663,9 @@ both!(
     no_push_paths_never_push,
     passcode_instead_of_push,
     phone_call_and_sms,
+    parallel_sessions_cannot_exceed_the_push_cap,
+    a_spent_sms_or_passcode_is_not_replayed,
+    failures_take_the_same_time_for_known_and_unknown_users,
 );
 
 // ---- cases that need their own world ----
@@ -753,7 +824,7 @@ fn local_totp_needs_no_duo() {
     w.request("alice", PASSWORD)
         .env("COOKIE", "formsession=bm9jb2Rl")
         .run()
-        .denied("event=totp_denied");
+        .denied("event=totp_required");
     assert_eq!(w.sim.counters().duo_calls(), 0);
 }
 

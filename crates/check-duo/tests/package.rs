@@ -141,6 +141,24 @@ fn files_and_modes() {
     let (code, _, err) = run(Command::new("runuser").args(["-u", "nobody", "--", "cat", CONFIG]));
     assert_ne!(code, 0, "nobody read {CONFIG}");
     assert!(err.contains("Permission denied"), "{err}");
+    // Through the setgid binary, the caller cannot pick another config (whose limits or audit
+    // file would act on the real store and log) nor run admin commands.
+    let evil = "/tmp/check-duo-package-other-config.json";
+    fs::write(evil, "{}").unwrap();
+    let (code, _, err) = run(Command::new("sh").args([
+        "-c",
+        &format!("printf 'u\\np\\n' | runuser -u nobody -- {BIN} -c {evil}"),
+    ]));
+    let _ = fs::remove_file(evil);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("reads only /etc/check-duo/config.json"),
+        "{err}"
+    );
+    let (code, _, err) =
+        run(Command::new("runuser").args(["-u", "nobody", "--", BIN, "sessions", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("do not run with the setgid group"), "{err}");
 }
 
 fn hash_with_installed_binary(password: &str) -> String {

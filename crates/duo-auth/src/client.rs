@@ -70,6 +70,28 @@ fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Name lookup with a deadline: the system resolver has none of its own that a caller controls,
+/// so it runs on a helper thread that is abandoned when the time is up.
+fn resolve(netloc: &str, timeout: Duration) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = netloc.to_string();
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let _ = tx.send(name.to_socket_addrs().map(Iterator::collect));
+        })?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "looking up {netloc} took longer than {} s",
+                timeout.as_secs()
+            ),
+        ))
+    })
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -80,7 +102,9 @@ fn now_unix() -> i64 {
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
         let tls = tls_config(cfg.extra_ca_pem.as_deref())?;
+        let lookup_timeout = cfg.call_timeout;
         let agent = ureq::AgentBuilder::new()
+            .resolver(move |netloc: &str| resolve(netloc, lookup_timeout))
             .tls_config(tls)
             .timeout_connect(cfg.call_timeout)
             .timeout(cfg.call_timeout)

@@ -5,6 +5,7 @@
 //! which the next process then recreates — several times the cost of the read itself. Writes
 //! (one per approval) wait for readers through the busy timeout.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use super::{Entry, Store, StoreError};
 
 pub struct EmbeddedStore {
     conn: Connection,
+    /// Tokens of the locks this process holds.
+    held: HashMap<String, String>,
 }
 
 fn err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -36,12 +39,16 @@ impl EmbeddedStore {
                  key TEXT PRIMARY KEY, user TEXT NOT NULL, approved_at INTEGER NOT NULL,
                  tag TEXT NOT NULL, ip TEXT NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0,
                  expires_at INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS locks (
+                 key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS counters (
                  key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at INTEGER NOT NULL);",
         )
         .map_err(err("schema"))?;
-        Ok(EmbeddedStore { conn })
+        Ok(EmbeddedStore {
+            conn,
+            held: HashMap::new(),
+        })
     }
 
     /// Remove expired rows (done on every write; reads ignore them anyway).
@@ -88,14 +95,16 @@ impl Store for EmbeddedStore {
         self.sweep(now)?;
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO sessions (key, user, approved_at, tag, ip, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO sessions
+                 (key, user, approved_at, tag, ip, last_seen, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     key,
                     e.user,
                     e.approved_at,
                     e.tag,
                     e.ip,
+                    e.last_seen,
                     now.saturating_add(ttl_secs(ttl))
                 ],
             )
@@ -160,19 +169,29 @@ impl Store for EmbeddedStore {
                 params![key, now],
             )
             .map_err(err("lock"))?;
+        let token = super::lock_token();
         let n = self
             .conn
             .execute(
-                "INSERT OR IGNORE INTO locks (key, expires_at) VALUES (?1, ?2)",
-                params![key, now.saturating_add(ttl_secs(ttl))],
+                "INSERT OR IGNORE INTO locks (key, token, expires_at) VALUES (?1, ?2, ?3)",
+                params![key, token, now.saturating_add(ttl_secs(ttl))],
             )
             .map_err(err("lock"))?;
+        if n == 1 {
+            self.held.insert(key.to_string(), token);
+        }
         Ok(n == 1)
     }
 
     fn unlock(&mut self, key: &str) -> Result<(), StoreError> {
+        let Some(token) = self.held.remove(key) else {
+            return Ok(());
+        };
         self.conn
-            .execute("DELETE FROM locks WHERE key = ?1", params![key])
+            .execute(
+                "DELETE FROM locks WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            )
             .map_err(err("unlock"))?;
         Ok(())
     }

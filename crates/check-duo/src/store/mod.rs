@@ -71,12 +71,24 @@ pub trait Store {
     fn revoke_all(&mut self, now: i64) -> Result<u64, StoreError>;
     /// Take the push lock of a session for `ttl`; false when another process holds it.
     fn try_lock(&mut self, key: &str, ttl: Duration, now: i64) -> Result<bool, StoreError>;
+    /// Release a lock this store took; a lock that expired and was taken by another process
+    /// meanwhile is left alone.
     fn unlock(&mut self, key: &str) -> Result<(), StoreError>;
     /// Add one to the counter `key` and return the new count. The first increment starts a
     /// window of `window`; when it ends the counter is gone.
     fn incr(&mut self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError>;
     /// The current count of `key` (0 when absent or expired).
     fn count(&mut self, key: &str, now: i64) -> Result<u64, StoreError>;
+}
+
+/// A random token that marks a lock as this process's.
+fn lock_token() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness the process id still tells most holders apart.
+    if getrandom::fill(&mut b).is_err() {
+        return format!("pid-{}", std::process::id());
+    }
+    hex::encode(b)
 }
 
 /// Open the store the config names.

@@ -1,5 +1,6 @@
 //! The Redis store: what lets several web servers share sessions. Every command has a deadline.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::Commands as _;
@@ -9,7 +10,13 @@ use super::{Entry, Store, StoreError};
 pub struct RedisStore {
     conn: redis::Connection,
     prefix: String,
+    /// Tokens of the locks this process holds.
+    held: HashMap<String, String>,
 }
+
+/// Delete a lock only if it still holds our token (it may have expired and been taken since).
+const UNLOCK_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 fn err(what: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
     move |e| StoreError(format!("redis {what}: {e}"))
@@ -43,6 +50,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
+            held: HashMap::new(),
         })
     }
 
@@ -190,33 +198,49 @@ impl Store for RedisStore {
     fn try_lock(&mut self, key: &str, ttl: Duration, _now: i64) -> Result<bool, StoreError> {
         let k = self.lock_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let token = super::lock_token();
         let set: Option<String> = redis::cmd("SET")
             .arg(k)
-            .arg(std::process::id())
+            .arg(&token)
             .arg("NX")
             .arg("PX")
             .arg(ms)
             .query(&mut self.conn)
             .map_err(err("SET NX"))?;
+        if set.is_some() {
+            self.held.insert(key.to_string(), token);
+        }
         Ok(set.is_some())
     }
 
     fn unlock(&mut self, key: &str) -> Result<(), StoreError> {
+        let Some(token) = self.held.remove(key) else {
+            return Ok(());
+        };
         let k = self.lock_key(key);
-        let _: i64 = self.conn.del(k).map_err(err("DEL"))?;
+        let _: i64 = redis::cmd("EVAL")
+            .arg(UNLOCK_SCRIPT)
+            .arg(1)
+            .arg(k)
+            .arg(token)
+            .query(&mut self.conn)
+            .map_err(err("EVAL unlock"))?;
         Ok(())
     }
 
     fn incr(&mut self, key: &str, window: Duration, _now: i64) -> Result<u64, StoreError> {
         let k = self.counter_key(key);
-        // INCR and the window's EXPIRE (set only by the first increment: NX) in one transaction.
-        let (n, _): (u64, i64) = redis::pipe()
+        // In one transaction: create the counter with the window's TTL if it is absent (SET NX
+        // EX), then INCR, which keeps the TTL. (Works on Redis before 7.0, which lacks EXPIRE NX.)
+        let (_, n): (Option<String>, u64) = redis::pipe()
             .atomic()
-            .incr(&k, 1)
-            .cmd("EXPIRE")
+            .cmd("SET")
             .arg(&k)
+            .arg(0)
+            .arg("EX")
             .arg(window.as_secs().max(1))
             .arg("NX")
+            .incr(&k, 1)
             .query(&mut self.conn)
             .map_err(err("INCR"))?;
         Ok(n)
