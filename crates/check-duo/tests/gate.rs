@@ -841,3 +841,30 @@ fn failmode_safe_only_for_listed_networks() {
     out.granted("FAIL-OPEN");
     assert!(out.log.contains("outcome=GRANT-FAIL-OPEN"), "{}", out.log);
 }
+
+#[test]
+fn rediss_trusts_only_the_configured_ca() {
+    if !backend_available(Backend::Redis) {
+        return;
+    }
+    let w = World::new(Backend::Embedded);
+    let (redis, ca_pem) = support::redis::Redis::start_tls(w.dir.path());
+    let ca = w.dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&w.config).unwrap()).unwrap();
+    c["cache"] = json!({"url": url, "ca_file": ca});
+    std::fs::write(&w.config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    w.request("alice", PASSWORD).run().granted("push approved");
+    w.request("alice", PASSWORD).run().granted("cached session");
+
+    // Without the CA, the compiled-in roots do not trust the server: deny, and no Duo call.
+    c["cache"] = json!({"url": url});
+    std::fs::write(&w.config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let calls = w.sim.counters().duo_calls();
+    w.request("alice", PASSWORD)
+        .env("COOKIE", "formsession=dGxz")
+        .run()
+        .denied("session store unavailable");
+    assert_eq!(w.sim.counters().duo_calls(), calls);
+}

@@ -41,6 +41,31 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use api::DEVICE_ID;
+
+/// PEM files for another loopback test server (a TLS Redis, say): the CA to trust, the server's
+/// certificate chain (for `127.0.0.1`, `::1` and `localhost`) and its PKCS#8 key. Made the way
+/// the simulator makes its own.
+pub struct TestCertificates {
+    pub ca_pem: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// A fresh [`TestCertificates`].
+pub fn test_certificates() -> std::io::Result<TestCertificates> {
+    let id = tls::generate()?;
+    let chain_pem = id
+        .chain
+        .iter()
+        .map(|c| tls::pem("CERTIFICATE", c))
+        .collect::<String>();
+    let key_pem = tls::pem("PRIVATE KEY", id.key.secret_der());
+    Ok(TestCertificates {
+        ca_pem: id.ca_pem,
+        chain_pem,
+        key_pem,
+    })
+}
 pub use behaviour::{Behaviours, PreauthKind, PushKind, RateLimit, UserBehaviour};
 pub use state::{Counters, Push, PushState};
 pub use verify::{verify_request, Rejection, RequestParts, Verified};

@@ -17,13 +17,42 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
+        Redis::start_with(dir, |port| vec!["--port".into(), port.to_string()])
+    }
+
+    /// TLS only (`rediss://`), with a certificate for 127.0.0.1 signed by a throwaway CA; the
+    /// CA's PEM is returned for the client's `cache.ca_file`.
+    pub fn start_tls(dir: &Path) -> (Redis, String) {
+        let certs = duo_sim::test_certificates().expect("test certificates");
+        let cert = dir.join("redis-cert.pem");
+        let key = dir.join("redis-key.pem");
+        fs::write(&cert, &certs.chain_pem).expect("write redis-cert.pem");
+        fs::write(&key, &certs.key_pem).expect("write redis-key.pem");
+        let redis = Redis::start_with(dir, |port| {
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        });
+        (redis, certs.ca_pem)
+    }
+
+    fn start_with(dir: &Path, listen: impl Fn(u16) -> Vec<String>) -> Redis {
         let dir = dir.join("redis");
         fs::create_dir_all(&dir).expect("mkdir redis");
         let mut last_err = String::new();
         for _attempt in 0..5 {
             let port = free_port();
             let child = Command::new(REDIS_SERVER)
-                .args(["--port", &port.to_string()])
+                .args(listen(port))
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--daemonize", "no", "--loglevel", "warning"])
