@@ -233,23 +233,37 @@ fn second_factor(
             Err(e) => return store_error(e),
         }
     }
-    if let Some(secret) = cfg.totp.get(&req.user) {
-        let d = local_totp(store, req, secret, requested, now);
-        return limits::after_second_factor(
-            store,
-            &cfg.limits,
-            session_id,
-            &req.user,
-            &req.ip,
-            now,
-            d,
-        );
-    }
+    let decision = match cfg.totp.get(&req.user) {
+        Some(secret) => local_totp(store, req, secret, requested, now),
+        None => ask_duo(cfg, store, req, session_id, requested, deadline, now, pause),
+    };
+    limits::after_second_factor(
+        store,
+        &cfg.limits,
+        session_id,
+        &req.user,
+        &req.ip,
+        now,
+        decision,
+    )
+}
+
+/// Duo, with everything that reaches the user's phone behind the push limits.
+#[allow(clippy::too_many_arguments)]
+fn ask_duo(
+    cfg: &Config,
+    store: &mut dyn Store,
+    req: &Request,
+    session_id: &str,
+    requested: &Requested,
+    deadline: Instant,
+    now: i64,
+    pause: &dyn Pause,
+) -> Decision {
     let client = match duo::client(&cfg.duo) {
         Ok(c) => c,
         Err(e) => return Decision::deny(Event::ConfigError, format!("Duo client: {e}")),
     };
-    // Everything but a passcode reaches the user's phone: behind the push limits.
     let reaches_phone = !matches!(requested, Requested::Passcode(_));
     if reaches_phone {
         let lock_ttl = cfg.duo.push_timeout + Duration::from_secs(5);
@@ -271,15 +285,7 @@ fn second_factor(
             decision.reason = format!("{} (user push lock not released: {e})", decision.reason);
         }
     }
-    limits::after_second_factor(
-        store,
-        &cfg.limits,
-        session_id,
-        &req.user,
-        &req.ip,
-        now,
-        decision,
-    )
+    decision
 }
 
 /// RFC 6238 against the secret in the config; a code is good once.

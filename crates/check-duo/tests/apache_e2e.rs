@@ -652,18 +652,7 @@ fn shipped_config_passes_apache_syntax_check() {
     let _ = writeln!(main, "ServerRoot {}", dir.path().display());
     let _ = writeln!(main, "Listen 127.0.0.1:1");
     let _ = writeln!(main, "ErrorLog {}/error.log", dir.path().display());
-    for m in [
-        "mpm_event",
-        "authn_core",
-        "authz_core",
-        "authz_user",
-        "auth_form",
-        "request",
-        "session",
-        "session_cookie",
-        "session_crypto",
-        "authnz_external",
-    ] {
+    for m in support::apache::MODULES {
         let _ = writeln!(
             main,
             "LoadModule {m}_module {}/mod_{m}.so",

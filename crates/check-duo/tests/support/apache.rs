@@ -20,7 +20,7 @@ pub const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/
 
 /// Modules check-duo.conf needs, plus dir and mime to serve the test pages. The rest (core, so,
 /// http, log_config, logio, version, unixd, watchdog) is built into Debian's apache2.
-const MODULES: &[&str] = &[
+pub const MODULES: &[&str] = &[
     "mpm_event",
     "authn_core",
     "authz_core",
