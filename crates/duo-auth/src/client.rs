@@ -300,7 +300,9 @@ impl Client {
                 }
             }
             Err(ureq::Error::Transport(t)) => {
-                if Instant::now() >= deadline || is_timeout(&t) {
+                if let Some(tls) = tls_failure(&t) {
+                    Err(Error::Tls(tls))
+                } else if Instant::now() >= deadline || is_timeout(&t) {
                     Err(Error::Timeout)
                 } else {
                     Err(Error::Transport(t.to_string()))
@@ -308,6 +310,27 @@ impl Client {
             }
         }
     }
+}
+
+/// The rustls error behind a failed handshake, if that is what failed (ureq wraps it in an
+/// `io::Error`, whose `source` skips the wrapped error: look inside with `get_ref`).
+fn tls_failure(t: &ureq::Transport) -> Option<String> {
+    use std::error::Error as _;
+    let mut src = t.source();
+    while let Some(e) = src {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        if let Some(r) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r.to_string());
+        }
+        src = e.source();
+    }
+    None
 }
 
 fn is_timeout(t: &ureq::Transport) -> bool {

@@ -7,8 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// Duo could not be reached: connection, DNS, TLS or I/O failure.
+    /// Duo could not be reached: connection, DNS or I/O failure.
     Transport(String),
+    /// The TLS handshake failed: the certificate did not verify, or the peer spoke no TLS we
+    /// accept. Unlike a refused connection, this may be a man in the middle.
+    Tls(String),
     /// The deadline passed before Duo answered.
     Timeout,
     /// 401: Duo rejected the ikey, the signature or the date.
@@ -36,10 +39,22 @@ impl Error {
         matches!(
             self,
             Error::Transport(_)
+                | Error::Tls(_)
                 | Error::Timeout
                 | Error::Server { .. }
                 | Error::Unauthorized { .. }
                 | Error::Malformed(_)
+        )
+    }
+
+    /// True for the failures a fail-open mode may open on: Duo was not reached (connection,
+    /// name resolution, timeout) or failed (5xx). Not a 401 (a wrong skey, a skewed clock), a
+    /// certificate that does not verify or an answer that is not Duo's: those are what a man
+    /// in the middle would cause, and he must not be able to switch the second factor off.
+    pub fn may_fail_open(&self) -> bool {
+        matches!(
+            self,
+            Error::Transport(_) | Error::Timeout | Error::Server { .. }
         )
     }
 }
@@ -48,6 +63,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Transport(m) => write!(f, "Duo unreachable: {m}"),
+            Error::Tls(m) => write!(f, "TLS with Duo failed: {m}"),
             Error::Timeout => f.write_str("Duo did not answer before the deadline"),
             Error::Unauthorized { code, message } => {
                 write!(f, "Duo rejected the credentials ({code}: {message})")

@@ -5,14 +5,19 @@
 //! * [`client`] is the transport: a blocking HTTPS client whose every call has a deadline and
 //!   whose errors are named for the decision they drive ([`Error`]).
 //! * [`types`] holds the typed requests and answers.
+//!
+//! Without the default feature `client` the crate has no transport and no TLS: signing, types
+//! and errors only.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod error;
 pub mod secret;
 pub mod sign;
 pub mod types;
 
+#[cfg(feature = "client")]
 pub use client::{Client, ClientConfig};
 pub use error::Error;
 pub use secret::Secret;

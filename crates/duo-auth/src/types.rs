@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 /// The JSON envelope of every answer.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 #[derive(Debug, Deserialize)]
 pub(crate) struct Envelope {
     pub stat: String,
@@ -52,6 +53,7 @@ pub enum Preauth {
     },
 }
 
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 #[derive(Debug, Deserialize)]
 pub(crate) struct PreauthRaw {
     pub result: String,
@@ -105,6 +107,7 @@ pub struct AuthStatus {
     pub status_msg: String,
 }
 
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 #[derive(Debug, Deserialize)]
 pub(crate) struct AuthStatusRaw {
     pub result: String,

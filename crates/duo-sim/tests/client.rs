@@ -348,6 +348,26 @@ fn credentials_and_clock() {
     assert_eq!(sim.counters().unauthorized, 7);
 }
 
+/// A certificate that does not verify is its own error (a man in the middle would cause it), not
+/// "unreachable" in the sense a fail-open mode may open on.
+#[test]
+fn an_untrusted_certificate_is_a_tls_error() {
+    let sim = sim(Behaviours::default());
+    let c = Client::new(duo_auth::ClientConfig {
+        ikey: IKEY.into(),
+        skey: duo_auth::Secret::new(SKEY),
+        host: sim.host(),
+        extra_ca_pem: None,
+        call_timeout: Duration::from_secs(5),
+        sig_version: SigVersion::V2Sha512,
+    })
+    .unwrap();
+    let e = c.check(deadline()).unwrap_err();
+    assert!(matches!(e, Error::Tls(_)), "{e:?}");
+    assert!(e.is_unreachable() && !e.may_fail_open());
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
+
 #[test]
 fn set_behaviours_at_run_time() {
     let sim = sim(Behaviours::default());
