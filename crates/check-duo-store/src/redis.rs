@@ -1,25 +1,39 @@
 //! The Redis store: what lets several web servers share sessions. Every command has a deadline.
+//! One server, or the master that Sentinel names (see [`crate::sentinel`]); the keys and commands
+//! are the same.
 
-use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::Commands as _;
 
-use super::{Entry, Store, StoreError};
+use super::sentinel::{Master, Retry, SentinelSpec};
+use super::{Entry, LockToken, SessionInfo, Store, StoreError};
 
+/// One connection, shared by the threads of a process behind a mutex.
 pub struct RedisStore {
-    conn: redis::Connection,
+    link: Link,
     prefix: String,
-    /// Tokens of the locks this process holds.
-    held: HashMap<String, String>,
+}
+
+enum Link {
+    /// One server (`redis://`, `rediss://`): the connection made at open, for good.
+    Direct(Mutex<redis::Connection>),
+    /// Behind Sentinel: the master's connection, replaced (and the command retried once) when
+    /// it fails or the server is no longer the master.
+    Sentinel(Master),
 }
 
 /// Delete a lock only if it still holds our token (it may have expired and been taken since).
 const UNLOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// Take one back, never below zero, keeping the TTL.
+const DECR_SCRIPT: &str =
+    "local n = tonumber(redis.call('GET', KEYS[1]) or '0') if n > 0 then return redis.call('DECR', KEYS[1]) else return 0 end";
+
 fn err(what: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
-    move |e| StoreError(format!("redis {what}: {e}"))
+    move |e| StoreError::new("redis", what, e)
 }
 
 impl RedisStore {
@@ -48,10 +62,37 @@ impl RedisStore {
         conn.set_write_timeout(Some(timeout))
             .map_err(err("connect"))?;
         Ok(RedisStore {
-            conn,
+            link: Link::Direct(Mutex::new(conn)),
             prefix: prefix.to_string(),
-            held: HashMap::new(),
         })
+    }
+
+    /// The master the sentinels of `spec` name, asked for and connected to within `timeout`.
+    /// `ca_pem` (with `spec.tls`) replaces the compiled-in roots, as for `rediss://`.
+    pub fn open_sentinel(
+        spec: SentinelSpec,
+        prefix: &str,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(RedisStore {
+            link: Link::Sentinel(Master::open(spec, ca_pem, timeout)?),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// Run one command (or pipeline) with `f`. Behind Sentinel, `retry` says whether it may run
+    /// again on a new master after the connection failed.
+    fn run<T>(
+        &self,
+        what: &'static str,
+        retry: Retry,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        match &self.link {
+            Link::Direct(conn) => f(&mut lock(conn)).map_err(err(what)),
+            Link::Sentinel(master) => master.run(what, retry, f),
+        }
     }
 
     fn session_key(&self, key: &str) -> String {
@@ -60,7 +101,7 @@ impl RedisStore {
 
     /// Every session key, by `SCAN … MATCH` (never `KEYS`, which blocks the server), with the
     /// prefix's glob characters escaped. SCAN may return a key twice: deduplicated.
-    fn session_keys(&mut self) -> Result<Vec<String>, StoreError> {
+    fn session_keys(&self) -> Result<Vec<String>, StoreError> {
         let mut pattern = String::new();
         for c in self.prefix.chars() {
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -72,14 +113,15 @@ impl RedisStore {
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query(&mut self.conn)
-                .map_err(err("SCAN"))?;
+            let (next, batch): (u64, Vec<String>) = self.run("SCAN", Retry::Always, |c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query(c)
+            })?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -93,7 +135,7 @@ impl RedisStore {
 
     /// The entries (and TTLs in seconds) of `keys`, in batches of one pipeline each; gone or
     /// unparsable entries are left out.
-    fn entries(&mut self, keys: &[String]) -> Result<Vec<(String, Entry, i64)>, StoreError> {
+    fn entries(&self, keys: &[String]) -> Result<Vec<(String, Entry, i64)>, StoreError> {
         let mut out = Vec::new();
         for chunk in keys.chunks(200) {
             let mut pipe = redis::pipe();
@@ -101,7 +143,7 @@ impl RedisStore {
                 pipe.get(k).cmd("TTL").arg(k);
             }
             let values: Vec<(Option<String>, i64)> =
-                pipe.query(&mut self.conn).map_err(err("GET"))?;
+                self.run("GET", Retry::Always, |c| pipe.query(c))?;
             for (k, (v, ttl)) in chunk.iter().zip(values) {
                 if let Some(e) = v.and_then(|s| serde_json::from_str::<Entry>(&s).ok()) {
                     if ttl != -2 {
@@ -113,10 +155,10 @@ impl RedisStore {
         Ok(out)
     }
 
-    fn delete_keys(&mut self, keys: &[String]) -> Result<u64, StoreError> {
+    fn delete_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
         let mut n = 0;
         for chunk in keys.chunks(200) {
-            let d: u64 = self.conn.del(chunk).map_err(err("DEL"))?;
+            let d: u64 = self.run("DEL", Retry::Always, |c| c.del(chunk))?;
             n += d;
         }
         Ok(n)
@@ -132,9 +174,9 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    fn get(&mut self, key: &str, _now: i64) -> Result<Option<Entry>, StoreError> {
+    fn get(&self, key: &str, _now: i64) -> Result<Option<Entry>, StoreError> {
         let k = self.session_key(key);
-        let v: Option<String> = self.conn.get(k).map_err(err("GET"))?;
+        let v: Option<String> = self.run("GET", Retry::Always, |c| c.get(&k))?;
         match v {
             None => Ok(None),
             // An entry that does not parse is treated as absent, never trusted.
@@ -142,29 +184,27 @@ impl Store for RedisStore {
         }
     }
 
-    fn put(&mut self, key: &str, e: &Entry, ttl: Duration, _now: i64) -> Result<(), StoreError> {
+    fn put(&self, key: &str, e: &Entry, ttl: Duration, _now: i64) -> Result<(), StoreError> {
         let k = self.session_key(key);
-        let v = serde_json::to_string(e).map_err(|e| StoreError(e.to_string()))?;
+        let v = serde_json::to_string(e).map_err(|e| StoreError::new("redis", "encode", e))?;
         // SET … EX in one command: the entry never exists without its TTL.
-        let _: () = self
-            .conn
-            .set_ex(k, v, ttl.as_secs().max(1))
-            .map_err(err("SET"))?;
+        let secs = ttl.as_secs().max(1);
+        let _: () = self.run("SET", Retry::Always, |c| c.set_ex(&k, &v, secs))?;
         Ok(())
     }
 
-    fn delete(&mut self, key: &str) -> Result<bool, StoreError> {
+    fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let k = self.session_key(key);
-        let n: i64 = self.conn.del(k).map_err(err("DEL"))?;
+        let n: i64 = self.run("DEL", Retry::Always, |c| c.del(&k))?;
         Ok(n > 0)
     }
 
-    fn list(&mut self, now: i64) -> Result<Vec<super::SessionInfo>, StoreError> {
+    fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
         let keys = self.session_keys()?;
         let mut list: Vec<_> = self
             .entries(&keys)?
             .into_iter()
-            .map(|(_, e, ttl)| super::SessionInfo {
+            .map(|(_, e, ttl)| SessionInfo {
                 user: e.user,
                 ip: e.ip,
                 approved_at: e.approved_at,
@@ -179,7 +219,7 @@ impl Store for RedisStore {
         Ok(list)
     }
 
-    fn revoke_user(&mut self, user: &str, _now: i64) -> Result<u64, StoreError> {
+    fn revoke_user(&self, user: &str, _now: i64) -> Result<u64, StoreError> {
         let keys = self.session_keys()?;
         let theirs: Vec<String> = self
             .entries(&keys)?
@@ -190,65 +230,110 @@ impl Store for RedisStore {
         self.delete_keys(&theirs)
     }
 
-    fn revoke_all(&mut self, _now: i64) -> Result<u64, StoreError> {
+    fn revoke_all(&self, _now: i64) -> Result<u64, StoreError> {
         let keys = self.session_keys()?;
         self.delete_keys(&keys)
     }
 
-    fn try_lock(&mut self, key: &str, ttl: Duration, _now: i64) -> Result<bool, StoreError> {
+    fn try_lock(
+        &self,
+        key: &str,
+        ttl: Duration,
+        _now: i64,
+    ) -> Result<Option<LockToken>, StoreError> {
         let k = self.lock_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let token = super::lock_token();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(k)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .query(&mut self.conn)
-            .map_err(err("SET NX"))?;
-        if set.is_some() {
-            self.held.insert(key.to_string(), token);
-        }
-        Ok(set.is_some())
+        // Run twice (the first reply lost), the lock is ours but looks taken: the strict side.
+        let set: Option<String> = self.run("SET NX", Retry::Always, |c| {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(&token.0)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query(c)
+        })?;
+        Ok(set.map(|_| token))
     }
 
-    fn unlock(&mut self, key: &str) -> Result<(), StoreError> {
-        let Some(token) = self.held.remove(key) else {
-            return Ok(());
-        };
+    fn unlock(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
         let k = self.lock_key(key);
-        let _: i64 = redis::cmd("EVAL")
-            .arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(k)
-            .arg(token)
-            .query(&mut self.conn)
-            .map_err(err("EVAL unlock"))?;
+        let _: i64 = self.run("EVAL unlock", Retry::Always, |c| {
+            redis::cmd("EVAL")
+                .arg(UNLOCK_SCRIPT)
+                .arg(1)
+                .arg(&k)
+                .arg(&token.0)
+                .query(c)
+        })?;
         Ok(())
     }
 
-    fn incr(&mut self, key: &str, window: Duration, _now: i64) -> Result<u64, StoreError> {
+    fn locked(&self, key: &str, _now: i64) -> Result<bool, StoreError> {
+        let k = self.lock_key(key);
+        let n: i64 = self.run("EXISTS", Retry::Always, |c| c.exists(&k))?;
+        Ok(n > 0)
+    }
+
+    fn incr(&self, key: &str, window: Duration, _now: i64) -> Result<u64, StoreError> {
         let k = self.counter_key(key);
         // In one transaction: create the counter with the window's TTL if it is absent (SET NX
         // EX), then INCR, which keeps the TTL. (Works on Redis before 7.0, which lacks EXPIRE NX.)
-        let (_, n): (Option<String>, u64) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&k)
-            .arg(0)
-            .arg("EX")
-            .arg(window.as_secs().max(1))
-            .arg("NX")
-            .incr(&k, 1)
-            .query(&mut self.conn)
-            .map_err(err("INCR"))?;
+        // Run twice (the first reply lost), it counts one too many: the strict side.
+        let (_, n): (Option<String>, u64) = self.run("INCR", Retry::Always, |c| {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&k)
+                .arg(0)
+                .arg("EX")
+                .arg(window.as_secs().max(1))
+                .arg("NX")
+                .incr(&k, 1)
+                .query(c)
+        })?;
         Ok(n)
     }
 
-    fn count(&mut self, key: &str, _now: i64) -> Result<u64, StoreError> {
+    fn incr_sliding(&self, key: &str, ttl: Duration, _now: i64) -> Result<u64, StoreError> {
         let k = self.counter_key(key);
-        let n: Option<u64> = self.conn.get(k).map_err(err("GET"))?;
+        // Run twice (the first reply lost), it counts one too many: the strict side.
+        let (n, _): (u64, i64) = self.run("INCR", Retry::Always, |c| {
+            redis::pipe()
+                .atomic()
+                .incr(&k, 1)
+                .cmd("EXPIRE")
+                .arg(&k)
+                .arg(ttl.as_secs().max(1))
+                .query(c)
+        })?;
+        Ok(n)
+    }
+
+    fn set(&self, key: &str, value: u64, ttl: Duration, _now: i64) -> Result<(), StoreError> {
+        let k = self.counter_key(key);
+        let secs = ttl.as_secs().max(1);
+        let _: () = self.run("SET", Retry::Always, |c| c.set_ex(&k, value, secs))?;
+        Ok(())
+    }
+
+    fn decr(&self, key: &str, _now: i64) -> Result<(), StoreError> {
+        let k = self.counter_key(key);
+        // Taken back twice would loosen a limit: retried only when the server refused it.
+        let _: i64 = self.run("EVAL decr", Retry::IfRefused, |c| {
+            redis::cmd("EVAL").arg(DECR_SCRIPT).arg(1).arg(&k).query(c)
+        })?;
+        Ok(())
+    }
+
+    fn count(&self, key: &str, _now: i64) -> Result<u64, StoreError> {
+        let k = self.counter_key(key);
+        let n: Option<u64> = self.run("GET", Retry::Always, |c| c.get(&k))?;
         Ok(n.unwrap_or(0))
     }
+}
+
+fn lock(conn: &Mutex<redis::Connection>) -> MutexGuard<'_, redis::Connection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p check-duo --example bench_warm [-- ROUNDS]`
 //! (peak memory needs GNU time: `apt-get install time`).
+//!
+//! `BENCH_BASELINE_EXE=/path/to/other/check-duo` adds another build (say, main before a change)
+//! to the same interleaved loop, on the same store and session, for a before/after from one run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -104,12 +107,18 @@ fn main() {
     let calls = sim.counters().duo_calls();
 
     let truth = Path::new("/bin/true");
-    let (mut gate, mut base) = (Vec::new(), Vec::new());
+    let other = std::env::var_os("BENCH_BASELINE_EXE").map(std::path::PathBuf::from);
+    let (mut gate, mut base, mut prev) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let (ok, d) = run(&exe, &args, &stdin);
         assert!(ok, "a warm request was denied");
         gate.push(d);
         base.push(run(truth, &[], &stdin).1);
+        if let Some(other) = &other {
+            let (ok, d) = run(other, &args, &stdin);
+            assert!(ok, "a warm request was denied by the baseline build");
+            prev.push(d);
+        }
     }
     assert_eq!(
         sim.counters().duo_calls(),
@@ -118,6 +127,7 @@ fn main() {
     );
     gate.sort();
     base.sort();
+    prev.sort();
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let med_gate = percentile(&gate, 0.5);
@@ -139,6 +149,16 @@ fn main() {
         ms(percentile(&gate, 0.99)),
         kib(peak_gate)
     );
+    if let Some(other) = &other {
+        let peak = (0..5).filter_map(|_| peak_kib(other, &args, &stdin)).max();
+        println!(
+            "| baseline build (warm) | {:.2} | {:.2} | {:.2} | {} |",
+            ms(percentile(&prev, 0.5)),
+            ms(percentile(&prev, 0.9)),
+            ms(percentile(&prev, 0.99)),
+            kib(peak)
+        );
+    }
     println!(
         "| /bin/true | {:.2} | {:.2} | {:.2} | {} |",
         ms(med_base),
@@ -151,6 +171,12 @@ fn main() {
         "ratio check-duo / /bin/true: wall (median) {:.2}x",
         med_gate.as_secs_f64() / med_base.as_secs_f64()
     );
+    if other.is_some() {
+        println!(
+            "ratio baseline build / /bin/true: wall (median) {:.2}x",
+            percentile(&prev, 0.5).as_secs_f64() / med_base.as_secs_f64()
+        );
+    }
     if let (Some(g), Some(b)) = (peak_gate, peak_base) {
         println!(
             "ratio check-duo / /bin/true: peak memory {:.2}x ({:.1} MiB)",

@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::input::Context;
-use crate::log::{Decision, Event, Line, Outcome};
+use check_duo_core::finish::Record;
+use check_duo_core::ports::AuditSink;
+use check_duo_core::{Decision, Event, Outcome};
 
 /// Where syslog listens on Linux (journald's socket is linked there too).
 pub const DEV_LOG: &str = "/dev/log";
@@ -89,33 +90,35 @@ impl AuditConfig {
     }
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
+fn outcome_str(o: &Outcome) -> &'static str {
     match o {
         Outcome::Grant => "grant",
         Outcome::Deny => "deny",
+        Outcome::Pending(_) => "pending",
     }
 }
 
-fn context_str(c: Option<&Context>) -> Option<&'static str> {
-    c.map(|c| match c {
-        Context::Login => "login",
-        Context::Logout => "logout",
-        Context::Request => "request",
-    })
+/// The sinks of one configuration, as the core's finish step writes to them.
+pub struct Sinks<'a>(pub &'a AuditConfig);
+
+impl AuditSink for Sinks<'_> {
+    fn write(&self, record: &Record<'_>) -> Result<(), String> {
+        write(self.0, record)
+    }
 }
 
 /// The JSON record of one decision (no trailing newline).
-pub fn record(line: &Line<'_>, at: SystemTime) -> String {
+pub fn record(line: &Record<'_>, at: SystemTime) -> String {
     let d: &Decision = line.decision;
     serde_json::json!({
         "time": rfc3339(at),
         "event": d.event.as_str(),
-        "outcome": outcome_str(d.outcome),
+        "outcome": outcome_str(&d.outcome),
         "user": line.user,
         "ip": line.ip,
         "host": line.host,
         "uri": line.uri,
-        "context": context_str(line.context),
+        "context": (line.context != "-").then_some(line.context),
         "reason": d.reason,
         "duration_ms": u64::try_from(line.duration.as_millis()).unwrap_or(u64::MAX),
         "pushes": d.pushes,
@@ -124,7 +127,7 @@ pub fn record(line: &Line<'_>, at: SystemTime) -> String {
 }
 
 /// Write the record of `line` to every configured sink. The error names each sink that failed.
-pub fn write(cfg: &AuditConfig, line: &Line<'_>) -> Result<(), String> {
+pub fn write(cfg: &AuditConfig, line: &Record<'_>) -> Result<(), String> {
     let rec = record(line, SystemTime::now());
     let mut errors = Vec::new();
     if let Some(path) = &cfg.file {
@@ -236,13 +239,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 mod tests {
     use super::*;
 
-    fn line<'a>(d: &'a Decision, user: &'a str) -> Line<'a> {
-        Line {
+    fn line<'a>(d: &'a Decision, user: &'a str) -> Record<'a> {
+        Record {
             user,
             ip: "192.0.2.7",
             host: "app.example.org",
             uri: "/private/",
-            context: Some(&Context::Request),
+            context: "request",
             decision: d,
             duration: Duration::from_millis(42),
         }

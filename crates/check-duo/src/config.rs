@@ -8,6 +8,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use check_duo_core::keys::SessionKeys;
+pub use check_duo_core::password::Credential;
+use check_duo_core::policy::{
+    FactorPolicy, FailMode, Limits, NetworkBinding, Policy, SessionPolicy,
+};
+pub use check_duo_store::CacheConfig;
 use duo_auth::{Secret, SigVersion};
 use serde::Deserialize;
 
@@ -42,124 +48,28 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// How a user's password is checked.
-#[derive(Clone, Debug)]
-pub enum Credential {
-    /// The seed's plaintext `password` (kept for compatibility; `config check` warns).
-    Plain(Secret),
-    /// `$2b$`/`$2y$`/`$2a$` bcrypt, as `htpasswd -B` writes.
-    Bcrypt(String),
-    /// `$argon2id$` PHC string.
-    Argon2id(String),
-}
-
-impl Credential {
-    /// A stable string that changes when the credential changes (binds cached sessions to it).
-    pub fn fingerprint(&self) -> &str {
-        match self {
-            Credential::Plain(p) => p.expose(),
-            Credential::Bcrypt(h) | Credential::Argon2id(h) => h,
-        }
-    }
-}
-
-/// What to do when Duo cannot be asked (Duo's own semantics, see the README).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailMode {
-    /// Deny (the default).
-    Secure,
-    /// Allow after the password alone; logged loudly.
-    Safe,
-}
-
+/// How to reach Duo (what the rules decide with is in [`Policy`]).
 #[derive(Clone, Debug)]
 pub struct DuoConfig {
     pub ikey: String,
     pub skey: Secret,
     pub host: String,
     pub ca_pem: Option<Vec<u8>>,
-    pub failmode: FailMode,
-    /// Client networks where `failmode: safe` applies; elsewhere Duo being unreachable denies.
-    /// Empty: everywhere.
-    pub failmode_networks: Vec<ipnet::IpNet>,
-    /// Deadline for the whole second factor (preauth, push, waiting for the answer).
-    pub push_timeout: Duration,
     /// Deadline for each single call.
     pub call_timeout: Duration,
     pub sig_version: SigVersion,
 }
 
-#[derive(Clone, Debug)]
-pub enum CacheConfig {
-    Redis {
-        /// `redis://` or `rediss://` URL (built from host/port/db when the seed's keys are used).
-        url: Secret,
-        prefix: String,
-        /// CA for `rediss://` (replaces the compiled-in roots).
-        ca_pem: Option<Vec<u8>>,
-        timeout: Duration,
-    },
-    Embedded {
-        path: PathBuf,
-        timeout: Duration,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct SessionConfig {
-    pub name: String,
-    /// How long an approval is cached; zero means Duo on every request (as the seed).
-    pub expiry: Duration,
-    /// End a session unused for this long (beside the absolute expiry); `None`: off.
-    pub idle_timeout: Option<Duration>,
-}
-
-/// Brute-force and push-fatigue limits. A zero count or duration turns that limit off.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Failed passwords per user within `failure_window` before the user is banned.
-    pub user_failures: u64,
-    /// Failed passwords per client IP within `failure_window` before the IP is banned.
-    pub ip_failures: u64,
-    pub failure_window: Duration,
-    /// How long a ban lasts: requests are denied without checking the password.
-    pub ban: Duration,
-    /// After a denied or unanswered push, no new push for this session or user for this long.
-    pub push_cooldown: Duration,
-    /// Pushes per user within `push_window`; beyond it, deny without asking Duo.
-    pub max_pushes: u64,
-    pub push_window: Duration,
-    /// Paths (with `*` wildcards) that never send a push: a request there with no valid
-    /// session is denied (background polls, API calls).
-    pub no_push_paths: Vec<String>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            user_failures: 5,
-            ip_failures: 20,
-            failure_window: Duration::from_secs(300),
-            ban: Duration::from_secs(900),
-            push_cooldown: Duration::from_secs(60),
-            max_pushes: 5,
-            push_window: Duration::from_secs(900),
-            no_push_paths: Vec::new(),
-        }
-    }
-}
-
-/// The checked configuration.
+/// The checked configuration: the core's [`Policy`] and what the front-ends need besides.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub path: PathBuf,
-    pub users: BTreeMap<String, Credential>,
+    /// What the rules decide with: users, TOTP secrets, lifetimes, limits, failmode.
+    pub policy: Policy,
     pub duo: DuoConfig,
     pub cache: CacheConfig,
-    pub session: SessionConfig,
-    pub limits: Limits,
-    /// Local TOTP secrets (RFC 6238) of the users who use it instead of Duo.
-    pub totp: BTreeMap<String, Vec<u8>>,
+    /// The name of the session cookie (mod_session's, in the pipe mode).
+    pub session_name: String,
     /// The optional audit log (see [`crate::audit`]).
     pub audit: Option<crate::audit::AuditConfig>,
 }
@@ -181,6 +91,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    pair_failures: Option<u64>,
     user_failures: Option<u64>,
     ip_failures: Option<u64>,
     failure_window: Option<u64>,
@@ -189,6 +100,7 @@ struct RawLimits {
     max_pushes: Option<u64>,
     push_window: Option<u64>,
     no_push_paths: Option<Vec<String>>,
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +147,11 @@ struct RawCache {
     ca_file: Option<PathBuf>,
     path: Option<PathBuf>,
     timeout: Option<u64>,
+    /// Redis behind Sentinel: the sentinels, `"host:port"` each, and the name they monitor.
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+    /// With `sentinels`: TLS to the sentinels and the master (as `rediss://` for one server).
+    tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +160,22 @@ struct RawSession {
     name: Option<String>,
     expiry: Option<u64>,
     idle_timeout: Option<u64>,
+    bind_network: Option<RawBinding>,
+}
+
+/// `"bind_network": true` (a /24 or a /64) or `{"ipv4": 24, "ipv6": 64}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBinding {
+    On(bool),
+    Prefixes(RawPrefixes),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefixes {
+    ipv4: Option<u8>,
+    ipv6: Option<u8>,
 }
 
 impl Config {
@@ -282,19 +215,37 @@ impl Config {
         })?;
 
         let users = users(&raw, &err)?;
-        let duo = duo(&raw.duo, &err)?;
+        let (duo, factor) = duo(&raw.duo, &err)?;
         let cache = cache(raw.cache.as_ref(), &err)?;
-        let session = match raw.session {
-            Some(s) => SessionConfig {
-                name: s.name.unwrap_or_else(|| "formsession".into()),
-                expiry: Duration::from_secs(s.expiry.unwrap_or(14400)),
-                idle_timeout: s.idle_timeout.filter(|t| *t > 0).map(Duration::from_secs),
-            },
-            None => SessionConfig {
-                name: "formsession".into(),
-                expiry: Duration::from_secs(14400),
-                idle_timeout: None,
-            },
+        let raw_session = raw.session.as_ref();
+        let session_name = raw_session
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| "formsession".into());
+        let bind_network = match raw_session.and_then(|s| s.bind_network.as_ref()) {
+            None | Some(RawBinding::On(false)) => None,
+            Some(RawBinding::On(true)) => Some(NetworkBinding::default()),
+            Some(RawBinding::Prefixes(p)) => {
+                let d = NetworkBinding::default();
+                let b = NetworkBinding {
+                    ipv4_prefix: p.ipv4.unwrap_or(d.ipv4_prefix),
+                    ipv6_prefix: p.ipv6.unwrap_or(d.ipv6_prefix),
+                };
+                if !(1..=32).contains(&b.ipv4_prefix) {
+                    return Err(err("session.bind_network.ipv4", "must be 1..=32".into()));
+                }
+                if !(1..=128).contains(&b.ipv6_prefix) {
+                    return Err(err("session.bind_network.ipv6", "must be 1..=128".into()));
+                }
+                Some(b)
+            }
+        };
+        let session = SessionPolicy {
+            expiry: Duration::from_secs(raw_session.and_then(|s| s.expiry).unwrap_or(14400)),
+            idle_timeout: raw_session
+                .and_then(|s| s.idle_timeout)
+                .filter(|t| *t > 0)
+                .map(Duration::from_secs),
+            bind_network,
         };
         let limits = limits(raw.limits.as_ref(), &err)?;
         let audit = match &raw.audit {
@@ -307,25 +258,31 @@ impl Config {
             if !users.contains_key(user) {
                 return Err(err(&key, "not a configured user".into()));
             }
-            let bytes = crate::totp::decode_secret(secret).map_err(|m| err(&key, m))?;
+            let bytes = check_duo_core::totp::decode_secret(secret).map_err(|m| err(&key, m))?;
             totp.insert(user.clone(), bytes);
         }
-        if session.name.is_empty()
-            || !session
-                .name
+        if session_name.is_empty()
+            || !session_name
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && !matches!(b, b'=' | b';' | b','))
         {
             return Err(err("session.name", "not a cookie name".into()));
         }
-        Ok(Config {
-            path: path.to_path_buf(),
+        let policy = Policy {
             users,
-            duo,
-            cache,
+            totp,
+            keys: SessionKeys::derive(duo.skey.expose()),
             session,
             limits,
-            totp,
+            factor,
+            audit_required: audit.as_ref().is_some_and(|a| a.required),
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            policy,
+            duo,
+            cache,
+            session_name,
             audit,
         })
     }
@@ -379,6 +336,7 @@ fn limits(raw: Option<&RawLimits>, err: &ErrFn<'_>) -> Result<Limits, ConfigErro
     let Some(raw) = raw else { return Ok(d) };
     let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
     let limits = Limits {
+        pair_failures: raw.pair_failures.unwrap_or(d.pair_failures),
         user_failures: raw.user_failures.unwrap_or(d.user_failures),
         ip_failures: raw.ip_failures.unwrap_or(d.ip_failures),
         failure_window: secs(raw.failure_window, d.failure_window),
@@ -387,7 +345,11 @@ fn limits(raw: Option<&RawLimits>, err: &ErrFn<'_>) -> Result<Limits, ConfigErro
         max_pushes: raw.max_pushes.unwrap_or(d.max_pushes),
         push_window: secs(raw.push_window, d.push_window),
         no_push_paths: raw.no_push_paths.clone().unwrap_or_default(),
+        ipv6_prefix: raw.ipv6_prefix.unwrap_or(d.ipv6_prefix),
     };
+    if !(1..=128).contains(&limits.ipv6_prefix) {
+        return Err(err("limits.ipv6_prefix", "must be 1..=128".into()));
+    }
     for (i, p) in limits.no_push_paths.iter().enumerate() {
         if !p.starts_with('/') && !p.starts_with('*') {
             return Err(err(
@@ -452,7 +414,7 @@ fn read_pem(path: &Path, key: &str, err: &ErrFn<'_>) -> Result<Vec<u8>, ConfigEr
     Ok(pem)
 }
 
-fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<DuoConfig, ConfigError> {
+fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<(DuoConfig, FactorPolicy), ConfigError> {
     if raw.ikey.trim().is_empty() {
         return Err(err("duo.ikey", "empty".into()));
     }
@@ -522,17 +484,20 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<DuoConfig, ConfigError> {
             ))
         }
     };
-    Ok(DuoConfig {
+    let conn = DuoConfig {
         ikey: raw.ikey.trim().to_string(),
         skey: Secret::new(raw.skey.clone()),
         host: host.to_string(),
         ca_pem,
+        call_timeout: Duration::from_secs(call_timeout),
+        sig_version,
+    };
+    let factor = FactorPolicy {
         failmode,
         failmode_networks,
         push_timeout: Duration::from_secs(push_timeout),
-        call_timeout: Duration::from_secs(call_timeout),
-        sig_version,
-    })
+    };
+    Ok((conn, factor))
 }
 
 fn cache(raw: Option<&RawCache>, err: &ErrFn<'_>) -> Result<CacheConfig, ConfigError> {
@@ -545,6 +510,91 @@ fn cache(raw: Option<&RawCache>, err: &ErrFn<'_>) -> Result<CacheConfig, ConfigE
     let timeout = Duration::from_secs(raw.timeout.unwrap_or(2));
     if !(1..=60).contains(&timeout.as_secs()) {
         return Err(err("cache.timeout", "must be 1..=60 seconds".into()));
+    }
+    if raw.sentinels.is_some() || raw.master_name.is_some() {
+        // Redis behind Sentinel: the sentinels name the master, so nothing else may.
+        for (given, key) in [
+            (raw.url.is_some(), "cache.url"),
+            (raw.host.is_some(), "cache.host"),
+            (raw.port.is_some(), "cache.port"),
+            (raw.path.is_some(), "cache.path"),
+        ] {
+            if given {
+                return Err(err(
+                    key,
+                    "not used with `sentinels`: the sentinels name the master".into(),
+                ));
+            }
+        }
+        let Some(list) = &raw.sentinels else {
+            return Err(err(
+                "cache.sentinels",
+                "required with `master_name`: a list of \"host:port\"".into(),
+            ));
+        };
+        let Some(master_name) = &raw.master_name else {
+            return Err(err("cache.master_name", "required with `sentinels`".into()));
+        };
+        if list.is_empty() {
+            return Err(err(
+                "cache.sentinels",
+                "empty: give at least one \"host:port\"".into(),
+            ));
+        }
+        let mut sentinels = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            let host_port = check_duo_store::parse_host_port(s.trim()).ok_or_else(|| {
+                err(
+                    &format!("cache.sentinels[{i}]"),
+                    format!("{s:?}: not \"host:port\" (\"[v6 address]:port\" for IPv6)"),
+                )
+            })?;
+            sentinels.push(host_port);
+        }
+        if master_name.is_empty() || !master_name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                "cache.master_name",
+                "not a master name (printable ASCII, no spaces)".into(),
+            ));
+        }
+        let db = match &raw.db {
+            None => 0,
+            Some(d) => d
+                .as_u64()
+                .and_then(|d| i64::try_from(d).ok())
+                .ok_or_else(|| err("cache.db", "not a database number".into()))?,
+        };
+        let tls = raw.tls.unwrap_or(false);
+        let ca_pem = match &raw.ca_file {
+            Some(_) if !tls => {
+                return Err(err(
+                    "cache.ca_file",
+                    "only used with `tls: true` (or a rediss:// url)".into(),
+                ))
+            }
+            Some(p) => Some(read_pem(p, "cache.ca_file", err)?),
+            None => None,
+        };
+        let spec = check_duo_store::SentinelSpec {
+            sentinels,
+            master_name: master_name.clone(),
+            username: raw.username.clone(),
+            password: raw.password.clone().map(Secret::new),
+            db,
+            tls,
+        };
+        return Ok(CacheConfig::Sentinel {
+            spec,
+            prefix: raw.prefix.clone().unwrap_or_default(),
+            ca_pem,
+            timeout,
+        });
+    }
+    if raw.tls.is_some() {
+        return Err(err(
+            "cache.tls",
+            "only used with `sentinels` (for one server, give a rediss:// url)".into(),
+        ));
     }
     let redis_keys = raw.host.is_some()
         || raw.port.is_some()
@@ -657,7 +707,7 @@ mod tests {
     #[test]
     fn seed_config_parses() {
         let c = parse(SEED).unwrap();
-        assert!(matches!(c.users["joe"], Credential::Plain(_)));
+        assert!(matches!(c.policy.users["joe"], Credential::Plain(_)));
         match &c.cache {
             CacheConfig::Redis { url, prefix, .. } => {
                 assert_eq!(url.expose(), "redis://localhost:6379/0");
@@ -665,8 +715,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(c.session.expiry, Duration::from_secs(14400));
-        assert_eq!(c.duo.failmode, FailMode::Secure);
+        assert_eq!(c.policy.session.expiry, Duration::from_secs(14400));
+        assert_eq!(c.policy.factor.failmode, FailMode::Secure);
     }
 
     #[test]
@@ -755,8 +805,8 @@ mod tests {
                        "duo": {"ikey": "I", "skey": "S", "host": "127.0.0.1:8443"},
                        "cache": {"path": "/tmp/x.db"}}"#;
         let c = parse(text).unwrap();
-        assert!(matches!(c.users["alice"], Credential::Bcrypt(_)));
-        assert!(matches!(c.users["bob"], Credential::Argon2id(_)));
+        assert!(matches!(c.policy.users["alice"], Credential::Bcrypt(_)));
+        assert!(matches!(c.policy.users["bob"], Credential::Argon2id(_)));
         let e = parse(&text.replace("$2y$05", "plain")).unwrap_err();
         assert_eq!(e.key, "usernames.alice");
     }

@@ -1,16 +1,20 @@
 //! The drop-in mode: what mod_authnz_external runs for every protected request. Reads the
-//! request, decides, writes one line on stderr (and, when configured, one audit record), and
-//! says whether to grant. Benchmarked: nothing here may cost anything the decision does not need.
+//! request, asks the core, writes one line on stderr (and, when configured, one audit record),
+//! and says whether to grant. Benchmarked: nothing here may cost anything the decision does not
+//! need.
 
 use std::path::Path;
 use std::time::Instant;
 
+use check_duo_core::finish::{self, About};
+use check_duo_core::ports::AuditSink;
+use check_duo_core::{Decision, Event, Gate};
+
 use crate::audit;
 use crate::config::Config;
-use crate::duo::Sleep;
-use crate::gate::{self, SystemClock};
-use crate::input::{self, Context, Protocol, VARIABLES};
-use crate::log::{Decision, Event, Line, Outcome};
+use crate::duo::LazyDuo;
+use crate::input::{self, Context, PipeRequest, Protocol, VARIABLES};
+use crate::system::{Sleep, SystemClock};
 
 /// Only the variables mod_authnz_external documents; nothing else from the environment.
 pub fn var(name: &str) -> Option<String> {
@@ -30,7 +34,14 @@ pub fn run(config: &Path, protocol: Protocol, started: Instant) -> bool {
             let ip = var("IP").unwrap_or_default();
             let host = var("HTTP_HOST").unwrap_or_default();
             let uri = var("URI").unwrap_or_default();
-            report(&line("", &ip, &host, &uri, None, &d, started));
+            let about = About {
+                user: "",
+                ip: &ip,
+                host: &host,
+                uri: &uri,
+                context: "-",
+            };
+            write_line(&about.record(&d, started.elapsed()).to_string());
             return false;
         }
     };
@@ -39,58 +50,68 @@ pub fn run(config: &Path, protocol: Protocol, started: Instant) -> bool {
         .and_then(|()| {
             Config::load(config).map_err(|e| Decision::deny(Event::ConfigError, e.to_string()))
         });
-    let (mut decision, audit) = match loaded {
-        Ok(cfg) => (
-            gate::decide(&cfg, &req, &SystemClock, &Sleep),
-            cfg.audit.clone(),
-        ),
-        Err(deny) => (deny, None),
+    let about = About {
+        user: &req.user,
+        ip: &req.ip,
+        host: &req.host,
+        uri: &req.uri,
+        context: req.context_str(),
     };
-    let ctx = Some(&req.context);
-    if let Some(audit) = &audit {
-        let record = line(
-            &req.user, &req.ip, &req.host, &req.uri, ctx, &decision, started,
-        );
-        if let Err(e) = audit::write(audit, &record) {
-            // Never turns a deny into a grant; denies a grant only when the audit is required.
-            if audit.required && decision.outcome == Outcome::Grant {
-                decision.outcome = Outcome::Deny;
-                decision.reason = format!(
-                    "{} (denied: audit.required and the record was not written: {e})",
-                    decision.reason
-                );
-            } else {
-                decision.reason = format!("{} (audit record not written: {e})", decision.reason);
-            }
+    let decision = match &loaded {
+        Ok(cfg) => {
+            let d = decide(cfg, &req);
+            let sinks = cfg.audit.as_ref().map(audit::Sinks);
+            let audit = sinks
+                .as_ref()
+                .map(|s| (s as &dyn AuditSink, cfg.policy.audit_required));
+            finish::finish(d, audit, &about, started.elapsed())
         }
-    }
-    report(&line(
-        &req.user, &req.ip, &req.host, &req.uri, ctx, &decision, started,
-    ));
+        Err(deny) => deny.clone(),
+    };
+    write_line(&about.record(&decision, started.elapsed()).to_string());
     decision.granted()
 }
 
-fn line<'a>(
-    user: &'a str,
-    ip: &'a str,
-    host: &'a str,
-    uri: &'a str,
-    context: Option<&'a Context>,
-    decision: &'a Decision,
-    started: Instant,
-) -> Line<'a> {
-    Line {
-        user,
-        ip,
-        host,
-        uri,
-        context,
-        decision,
-        duration: started.elapsed(),
+/// The decision for one request of the pipe: the login form's password, a logout, or a
+/// protected request (its session, else the password and a second factor, to the end).
+fn decide(cfg: &Config, input: &PipeRequest) -> Decision {
+    let req = input.to_core(&cfg.session_name);
+    if input.context == Context::Request && req.session.is_none() {
+        return Decision::deny(
+            Event::NoCookie,
+            format!("no session cookie {:?}", cfg.session_name),
+        );
+    }
+    if input.context == Context::Logout && req.session.is_none() {
+        return Decision::deny(Event::Logout, "logout: no session cookie");
+    }
+    let store = match check_duo_store::open(&cfg.cache) {
+        Ok(s) => s,
+        Err(e) => {
+            let what = if input.context == Context::Logout {
+                "logout: session store unavailable"
+            } else {
+                "session store unavailable"
+            };
+            return Decision::deny(Event::StoreError, format!("{what}: {e}"));
+        }
+    };
+    let duo = LazyDuo::new(&cfg.duo);
+    let gate = Gate {
+        policy: &cfg.policy,
+        store: &*store,
+        duo: &duo,
+        clock: &SystemClock,
+        wait: &Sleep,
+    };
+    match input.context {
+        Context::Login => gate.check_password(&req),
+        Context::Logout => gate.logout(&req),
+        Context::Request => gate.drive(&req),
     }
 }
 
-fn report(line: &Line<'_>) {
+fn write_line(line: &str) {
     // One write, so that lines of concurrent processes never interleave in Apache's log.
     let _ = std::io::Write::write_all(
         &mut std::io::stderr().lock(),

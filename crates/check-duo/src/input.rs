@@ -31,8 +31,8 @@ pub enum Context {
     Request,
 }
 
-/// One authentication request.
-pub struct Request {
+/// One request as mod_authnz_external hands it over.
+pub struct PipeRequest {
     pub user: String,
     pub password: Secret,
     pub ip: String,
@@ -42,9 +42,37 @@ pub struct Request {
     pub cookie: Option<Secret>,
 }
 
-impl fmt::Debug for Request {
+impl PipeRequest {
+    /// The `AuthExternalContext` word, for the log line.
+    pub fn context_str(&self) -> &'static str {
+        match self.context {
+            Context::Login => "login",
+            Context::Logout => "logout",
+            Context::Request => "request",
+        }
+    }
+
+    /// The request as the core sees it, with the session token taken from cookie `name`.
+    pub fn to_core(&self, name: &str) -> check_duo_core::Request {
+        check_duo_core::Request {
+            user: self.user.clone(),
+            password: Some(self.password.clone()),
+            session: self
+                .cookie
+                .as_ref()
+                .and_then(|c| crate::cookie::find(c.expose(), name))
+                .map(Secret::new),
+            ip: self.ip.clone(),
+            host: self.host.clone(),
+            method: String::new(),
+            uri: self.uri.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for PipeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
+        f.debug_struct("PipeRequest")
             .field("user", &self.user)
             .field("ip", &self.ip)
             .field("uri", &self.uri)
@@ -81,7 +109,7 @@ pub fn read(
     protocol: Protocol,
     stdin: impl Read,
     var: &dyn Fn(&str) -> Option<String>,
-) -> Result<Request, InputError> {
+) -> Result<PipeRequest, InputError> {
     let get = |name: &str| var(name).filter(|v| v.len() <= MAX_VAR);
     let (user, password) = match protocol {
         Protocol::Pipe => read_pipe(stdin)?,
@@ -107,14 +135,15 @@ pub fn read(
         Some(c) if c.eq_ignore_ascii_case("logout") => Context::Logout,
         _ => Context::Request,
     };
-    Ok(Request {
+    Ok(PipeRequest {
         user,
         password: Secret::new(password),
         ip: get("IP").unwrap_or_default(),
         uri: get("URI").unwrap_or_default(),
         host: get("HTTP_HOST").or_else(|| get("HOST")).unwrap_or_default(),
         context,
-        cookie: var("COOKIE").map(Secret::new),
+        // Capped like every variable: an oversized Cookie header is no session.
+        cookie: get("COOKIE").map(Secret::new),
     })
 }
 
@@ -201,6 +230,25 @@ mod tests {
         assert_eq!(r.host, "h.example");
         assert_eq!(r.context, Context::Request);
         assert!(read(Protocol::Environment, &b""[..], &env(&[("USER", "bob")])).is_err());
+    }
+
+    #[test]
+    fn an_oversized_cookie_is_no_cookie() {
+        let big = format!("formsession={}", "A".repeat(MAX_VAR));
+        let r = read(
+            Protocol::Pipe,
+            &b"alice\npw\n"[..],
+            &env(&[("COOKIE", &big)]),
+        )
+        .unwrap();
+        assert!(r.cookie.is_none());
+        let ok = read(
+            Protocol::Pipe,
+            &b"alice\npw\n"[..],
+            &env(&[("COOKIE", "formsession=abc")]),
+        )
+        .unwrap();
+        assert_eq!(ok.to_core("formsession").session.unwrap().expose(), "abc");
     }
 
     #[test]

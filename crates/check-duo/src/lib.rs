@@ -1,8 +1,9 @@
 //! check-duo: a two-factor gate for Apache's `mod_authnz_external`.
 //!
-//! The decision core ([`gate`]) knows nothing of Apache: the pipe front-end ([`input`]) turns
-//! stdin and the documented environment variables into a [`input::Request`], the core answers
-//! with a [`log::Decision`], and `main` turns that into an exit status and one log line.
+//! The rules live in `check_duo_core`; the stores in `check_duo_store`. This crate is the
+//! binary around them: the configuration file ([`config`], seed JSON → the core's policy), the
+//! pipe front-end ([`input`] → [`dropin`]), the real ports ([`duo`], [`system`], [`audit`]), and
+//! the admin commands.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,13 +13,11 @@ pub mod config;
 pub mod cookie;
 pub mod dropin;
 pub mod duo;
-pub mod factor;
-pub mod gate;
 pub mod input;
-pub mod limits;
-pub mod log;
 pub mod password;
 pub mod privilege;
-pub mod session;
-pub mod store;
-pub mod totp;
+pub mod system;
+
+pub use check_duo_core::{factor, totp};
+/// The session stores (the embedded one and Redis).
+pub use check_duo_store as store;

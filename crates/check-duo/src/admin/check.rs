@@ -74,12 +74,12 @@ pub fn check(path: &Path) -> Report {
     };
     r.ok(format!(
         "{file}: parsed ({} user(s), {}, Duo {})",
-        cfg.users.len(),
+        cfg.policy.users.len(),
         store_name(&cfg.cache),
         cfg.duo.host
     ));
     permissions(&mut r, path, &file);
-    for (user, cred) in &cfg.users {
+    for (user, cred) in &cfg.policy.users {
         if matches!(cred, Credential::Plain(_)) {
             r.warn(format!(
                 "{file}: key `password`: user {user:?} has a plaintext password; \
@@ -87,12 +87,32 @@ pub fn check(path: &Path) -> Report {
             ));
         }
     }
+    let bcrypt: Vec<&str> = cfg
+        .policy
+        .users
+        .iter()
+        .filter(|(_, c)| matches!(c, Credential::Bcrypt(_)))
+        .map(|(u, _)| u.as_str())
+        .collect();
+    if !bcrypt.is_empty() {
+        r.warn(format!(
+            "{file}: key `usernames`: {} user(s) with bcrypt hashes ({}): bcrypt reads only the \
+             first {} bytes of a password, so longer passwords are refused; argon2id hashes from \
+             `check-duo hash-password` have no such limit",
+            bcrypt.len(),
+            bcrypt.join(", "),
+            check_duo_core::password::BCRYPT_MAX_BYTES
+        ));
+    }
     if cfg.duo.ca_pem.is_some() {
         r.ok(format!(
             "{file}: key `duo.ca_file`: CA certificate(s) loaded"
         ));
     }
     if let CacheConfig::Redis {
+        ca_pem: Some(_), ..
+    }
+    | CacheConfig::Sentinel {
         ca_pem: Some(_), ..
     } = &cfg.cache
     {
@@ -170,12 +190,15 @@ fn store(r: &mut Report, cfg: &Config) {
                         dir.display()
                     )),
                     _ => r.ok(format!(
-                        "{name}: not created yet (the first approval creates it)"
+                        "{name}: does not exist yet (the package creates it root:{GROUP} 0660; \
+                         a setgid check-duo never creates it: \
+                         install -m 0660 -g {GROUP} /dev/null {})",
+                        path.display()
                     )),
                 }
             }
         }
-        Ok(Some(mut s)) => match s.get("check-duo-config-check", now()) {
+        Ok(Some(s)) => match s.get("check-duo-config-check", now()) {
             Ok(_) => r.ok(format!("{name}: reachable")),
             Err(e) => r.error(format!("{name}: read failed: {e}")),
         },

@@ -30,6 +30,10 @@ pub fn store_name(cfg: &CacheConfig) -> String {
     match cfg {
         CacheConfig::Embedded { path, .. } => format!("embedded store {}", path.display()),
         CacheConfig::Redis { prefix, .. } => format!("redis store (prefix {prefix:?})"),
+        CacheConfig::Sentinel { spec, prefix, .. } => format!(
+            "redis store behind sentinel master {:?} (prefix {prefix:?})",
+            spec.master_name
+        ),
     }
 }
 

@@ -81,7 +81,7 @@ pub fn list(config: &Path, user: Option<&str>, json: bool) -> u8 {
     };
     let mut sessions = match open_existing_store(&cfg) {
         Ok(None) => Vec::new(),
-        Ok(Some(mut s)) => match s.list(now()) {
+        Ok(Some(s)) => match s.list(now()) {
             Ok(l) => l,
             Err(e) => return fail(&format!("{}: {e}", store_name(&cfg.cache))),
         },
@@ -102,7 +102,7 @@ pub fn revoke(config: &Path, user: Option<&str>, all: bool) -> u8 {
     let name = store_name(&cfg.cache);
     let n = match open_existing_store(&cfg) {
         Ok(None) => 0,
-        Ok(Some(mut s)) => {
+        Ok(Some(s)) => {
             let r = match (user, all) {
                 (Some(u), _) => s.revoke_user(u, now()),
                 (None, true) => s.revoke_all(now()),

@@ -1,0 +1,749 @@
+//! The decision, as two entry points every front-end can drive:
+//!
+//! * [`Gate::authorize`]: an existing session → grant, or nothing (a keyed lookup and an HMAC;
+//!   no password hash, no Duo).
+//! * [`Gate::authenticate`]: credentials and, where needed, a second factor → a session. Its
+//!   stages read top to bottom: attempt reserved (bans) → password → paths that never push →
+//!   the session's push lock → push limits → second factor (local TOTP or Duo). A push answers
+//!   [`Outcome::Pending`]; [`Gate::resume`] picks it up from the same or a later request.
+//!
+//! [`Gate::drive`] runs both to the end within one call, as the pipe front-end needs. Every error
+//! is a deny with its reason: the gate fails closed.
+
+use std::time::Duration;
+
+use crate::decision::{Decision, Effect, Event, Outcome, OwnPush, Pending, PendingKind};
+use crate::duo::{self, Duo, Started};
+use crate::factor::{self, Requested};
+use crate::keys::{self, tags_equal};
+use crate::limits::{self, store_error};
+use crate::password::{self, Credential};
+use crate::policy::Policy;
+use crate::ports::{Clock, DuoApi, Entry, LockToken, Store, Wait};
+use crate::request::Request;
+use crate::totp;
+
+/// The least time a failed password check takes: above the cost of any check a release build
+/// makes (two argon2id verifications with default parameters), so that failures take the same
+/// time whether the user exists, which hash it has and how many were tried.
+pub const FAILURE_FLOOR: Duration = Duration::from_millis(500);
+
+/// The longest a failed password is held back.
+pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(8);
+
+/// How long the `n`-th failure in the window (of this user from this client) takes at least:
+/// the floor, doubled with every failure up to [`MAX_FAILURE_DELAY`]. Guessing slows down
+/// long before a ban shuts the door.
+pub fn failure_delay(n: u64) -> Duration {
+    let doublings = u32::try_from(n.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(8);
+    (FAILURE_FLOOR * 2u32.pow(doublings)).min(MAX_FAILURE_DELAY)
+}
+
+/// Requests that may wait for one session's push at once; more are denied (each holds a worker
+/// of the web server in the pipe mode).
+pub const MAX_WAITERS: u64 = 32;
+
+/// How soon a request waiting for a push asks again.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// How long an attempt waits for a place among those being checked.
+const ATTEMPT_WAIT: Duration = Duration::from_secs(10);
+
+/// The store keeps an entry this much longer than its lifetime (see [`Gate::approved`]).
+const STORE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Locks outlive the push deadline by this much, so a crashed holder frees them.
+const LOCK_MARGIN: Duration = Duration::from_secs(5);
+
+const CONCURRENT_APPROVAL: &str = "approved by a concurrent request of the same session";
+
+/// The rules with their ports. Cheap to build: references only.
+#[derive(Clone, Copy)]
+pub struct Gate<'a> {
+    pub policy: &'a Policy,
+    pub store: &'a dyn Store,
+    pub duo: &'a dyn DuoApi,
+    pub clock: &'a dyn Clock,
+    pub wait: &'a dyn Wait,
+}
+
+/// What the warm path found.
+enum Warm {
+    /// A valid session: the grant.
+    Hit(Decision),
+    /// No valid session (and, when there was one that is not usable here, why).
+    Miss(Option<String>),
+    /// The store could not tell: the deny.
+    Fail(Decision),
+}
+
+/// The parts of a request the stages share.
+struct Subject<'r> {
+    req: &'r Request,
+    /// The store key of the session (a keyed hash of the token), if the request has one.
+    session: Option<String>,
+    client: Option<String>,
+    tag: String,
+}
+
+impl<'a> Gate<'a> {
+    fn caching(&self) -> bool {
+        !self.policy.session.expiry.is_zero()
+    }
+
+    fn lock_ttl(&self) -> Duration {
+        self.policy.factor.push_timeout + LOCK_MARGIN
+    }
+
+    fn subject<'r>(&self, req: &'r Request) -> Subject<'r> {
+        let fingerprint = self
+            .policy
+            .users
+            .get(&req.user)
+            .map_or("", Credential::fingerprint);
+        let password = req.password.as_ref().map_or("", |p| p.expose());
+        Subject {
+            req,
+            session: req
+                .session
+                .as_ref()
+                .map(|t| self.policy.keys.session_id(t.expose())),
+            client: req.client_key(self.policy.limits.ipv6_prefix),
+            tag: self.policy.keys.tag(&req.user, password, fingerprint),
+        }
+    }
+
+    /// An existing session: `Some(grant)` when the request's session is approved for its user
+    /// (and, in the pipe mode, its password), `Some(deny)` when the store cannot tell, `None`
+    /// when there is no valid session. Before any ban: a valid session proves the password and
+    /// the second factor, so nobody can lock its owner out.
+    pub fn authorize(&self, req: &Request) -> Option<Decision> {
+        match self.warm(req) {
+            Warm::Hit(d) | Warm::Fail(d) => Some(d),
+            Warm::Miss(_) => None,
+        }
+    }
+
+    fn warm(&self, req: &Request) -> Warm {
+        let s = self.subject(req);
+        let Some(id) = s.session.as_deref() else {
+            return Warm::Miss(None);
+        };
+        if !self.caching() || !self.policy.users.contains_key(&req.user) {
+            return Warm::Miss(None);
+        }
+        let now = self.clock.unix();
+        let entry = match self.approved(id, &req.user, &s.tag, now) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Warm::Miss(None),
+            Err(d) => return Warm::Fail(d),
+        };
+        let grant = || Decision::grant(Event::CacheHit, "cached session").for_user(&req.user);
+        if entry.ip.trim() == req.ip.trim() {
+            self.refresh_idle(id, entry, now);
+            return Warm::Hit(grant());
+        }
+        // The session moves: say so every time, and refuse it outside its network when bound.
+        let from = if entry.ip.is_empty() {
+            "-".to_string()
+        } else {
+            entry.ip.clone()
+        };
+        if !self.in_network(&entry, req) {
+            return Warm::Miss(Some(format!(
+                "the session was approved from {from}, outside this client's network: not used"
+            )));
+        }
+        let mut moved = entry;
+        moved.ip = req.ip.clone();
+        moved.last_seen = now;
+        let ttl = self.entry_ttl(&moved, now);
+        let mut d = grant();
+        d.note(format_args!("client address changed from {from}"));
+        if !ttl.is_zero() {
+            if let Err(e) = self.store.put(id, &moved, ttl, now) {
+                d.note(format_args!("new address not stored: {e}"));
+            }
+        }
+        Warm::Hit(d)
+    }
+
+    /// The password only, behind the brute-force limits: a login form's first step (the second
+    /// factor follows with the next request).
+    pub fn check_password(&self, req: &Request) -> Decision {
+        let s = self.subject(req);
+        match self.first_factor(&s) {
+            Ok(_) => Decision::grant(
+                Event::LoginPassword,
+                "password accepted (login form; the second factor follows on the next request)",
+            )
+            .for_user(&req.user),
+            Err(d) => d,
+        }
+    }
+
+    /// A request without a valid session: the password, then the second factor. May answer
+    /// [`Outcome::Pending`]; then call [`Gate::resume`].
+    pub fn authenticate(&self, req: &Request) -> Decision {
+        let s = self.subject(req);
+        let requested = match self.first_factor(&s) {
+            Ok(r) => r,
+            Err(d) => return d,
+        };
+        if limits::no_push_path(&self.policy.limits, &req.uri) {
+            return Decision::deny(
+                Event::NoPushPath,
+                "no valid session, and this path never sends a push",
+            );
+        }
+        let deadline_ms = self.clock.unix_ms().saturating_add(
+            i64::try_from(self.policy.factor.push_timeout.as_millis()).unwrap_or(i64::MAX / 4),
+        );
+        let Some(id) = s.session.clone().filter(|_| self.caching()) else {
+            // Nothing cached (expiry 0, or no session): the second factor on every request.
+            let id = s.session.clone().unwrap_or_default();
+            return self.second_factor(&s, &id, &requested, None, deadline_ms);
+        };
+
+        // One push per session: the first request takes the lock and asks Duo; concurrent
+        // requests of the same session wait for its answer in the store.
+        let now = self.clock.unix();
+        let lock = match self
+            .store
+            .try_lock(&keys::session_lock(&id), self.lock_ttl(), now)
+        {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                let waiters = keys::session_waiters(&id);
+                match self.store.incr(&waiters, self.lock_ttl(), now) {
+                    Ok(n) if n > MAX_WAITERS => {
+                        let _ = self.store.decr(&waiters, now);
+                        return Decision::deny(
+                            Event::PushWaiting,
+                            format!("{MAX_WAITERS} requests already wait for this session's push"),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => return store_error(e),
+                }
+                return Decision::pending(
+                    Event::PushWaiting,
+                    Pending {
+                        wait: PendingKind::Other,
+                        deadline_ms,
+                        retry_after: POLL_EVERY,
+                        show: "A push for this session is out: approve it on your phone".into(),
+                        device: None,
+                    },
+                    "another request of this session is asking Duo",
+                );
+            }
+            Err(e) => return store_error(e),
+        };
+        // A request that held the lock may have stored its approval after our first look.
+        if let Ok(Some(_)) = self.approved_here(&id, &s, now) {
+            let _ = self.store.unlock(&keys::session_lock(&id), &lock);
+            return Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL)
+                .for_user(&req.user);
+        }
+        self.second_factor(&s, &id, &requested, Some(lock), deadline_ms)
+    }
+
+    /// Pick up a pending second factor: ask Duo (or the store) once more.
+    pub fn resume(&self, req: &Request, pending: &Pending) -> Decision {
+        let s = self.subject(req);
+        match &pending.wait {
+            PendingKind::Other => self.wait_for_other(&s, pending),
+            PendingKind::Own(own) => {
+                let duo = self.duo_step();
+                match duo::poll(&duo, &own.txid, pending.deadline_ms) {
+                    Some(d) => {
+                        let id = s.session.clone().unwrap_or_default();
+                        self.finish_factor(&s, &id, d, own)
+                    }
+                    None => Decision::pending(
+                        Event::PushSent,
+                        Pending {
+                            retry_after: POLL_EVERY,
+                            ..pending.clone()
+                        },
+                        "push not answered yet",
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Authorize, else authenticate, and resume until decided: one call for front-ends that
+    /// hold the request open (the pipe mode).
+    pub fn drive(&self, req: &Request) -> Decision {
+        let why = match self.warm(req) {
+            Warm::Hit(d) | Warm::Fail(d) => return d,
+            Warm::Miss(why) => why,
+        };
+        let mut d = self.authenticate(req);
+        while let Outcome::Pending(p) = &d.outcome {
+            let p = p.clone();
+            self.wait.wait(p.retry_after);
+            d = self.resume(req, &p);
+        }
+        if let Some(why) = why {
+            d.note(why);
+        }
+        d
+    }
+
+    /// End the session on the server. The time of the logout is kept for a push deadline, so an
+    /// approval that arrives later for a second factor started before it is not stored.
+    pub fn logout(&self, req: &Request) -> Decision {
+        let s = self.subject(req);
+        let Some(id) = s.session else {
+            return Decision::deny(Event::Logout, "logout: no session cookie");
+        };
+        let now = self.clock.unix();
+        let at = u64::try_from(self.clock.unix_ms()).unwrap_or(0);
+        let d = match self
+            .store
+            .set(&keys::logouts(&id), at, self.lock_ttl(), now)
+            .and_then(|()| self.store.delete(&id))
+        {
+            Ok(true) => Decision::deny(Event::Logout, "logout: session ended"),
+            Ok(false) => Decision::deny(Event::Logout, "logout: no cached session"),
+            Err(e) => Decision::deny(
+                Event::StoreError,
+                format!("logout: session store unavailable: {e}"),
+            ),
+        };
+        d.with(Effect::ClearSession)
+    }
+
+    /// Reserve an attempt, waiting (never checking) while others fill the threshold: a page of
+    /// many requests with the right password passes a few at a time; a burst of wrong ones
+    /// ends in a ban that denies the waiting rest.
+    fn reserve(&self, s: &Subject<'_>) -> Result<limits::Attempt, Decision> {
+        let limits = &self.policy.limits;
+        let give_up = self.clock.monotonic() + ATTEMPT_WAIT;
+        loop {
+            let now = self.clock.unix();
+            match limits::reserve_attempt(self.store, limits, &s.req.user, s.client.as_deref(), now)
+            {
+                Ok(a) => return Ok(a),
+                Err(limits::Refused::Deny(d)) => return Err(d),
+                Err(limits::Refused::Busy) if self.clock.monotonic() >= give_up => {
+                    return Err(Decision::deny(
+                        Event::Banned,
+                        "too many attempts of this user or client are being checked: not checked",
+                    ))
+                }
+                Err(limits::Refused::Busy) => self.wait.wait(POLL_EVERY),
+            }
+        }
+    }
+
+    /// Bans, then the password, with the attempt reserved before the check.
+    fn first_factor(&self, s: &Subject<'_>) -> Result<Requested, Decision> {
+        let limits = &self.policy.limits;
+        let now = self.clock.unix();
+        let attempt = self.reserve(s)?;
+        let started = self.clock.monotonic();
+        let password = s.req.password.as_ref().map_or("", |p| p.expose());
+        let result = match self.policy.users.get(&s.req.user) {
+            Some(cred) => factor::check_password(cred, password)
+                .ok_or_else(|| Decision::deny(Event::PasswordFailure, "wrong password")),
+            None => {
+                password::verify_unknown_user(password);
+                Err(Decision::deny(Event::UnknownUser, "unknown user"))
+            }
+        };
+        match result {
+            Ok(requested) => {
+                limits::give_back(self.store, attempt, now);
+                Ok(requested)
+            }
+            Err(deny) => {
+                let (deny, failures) =
+                    limits::failed_counting(self.store, limits, attempt, now, deny);
+                let spent = self.clock.monotonic().saturating_duration_since(started);
+                self.wait
+                    .wait(failure_delay(failures).saturating_sub(spent));
+                Err(deny)
+            }
+        }
+    }
+
+    fn duo_step(&self) -> Duo<'a> {
+        Duo {
+            api: self.duo,
+            clock: self.clock,
+            wait: self.wait,
+            policy: &self.policy.factor,
+        }
+    }
+
+    /// The second factor, behind the push limits: local TOTP for users who have a secret, Duo
+    /// for everybody else. `id` is the session key ("" when nothing is cached).
+    fn second_factor(
+        &self,
+        s: &Subject<'_>,
+        id: &str,
+        requested: &Requested,
+        session_lock: Option<LockToken>,
+        deadline_ms: i64,
+    ) -> Decision {
+        let now = self.clock.unix();
+        let mut own = OwnPush {
+            txid: String::new(),
+            call: false,
+            session_lock,
+            user_lock: None,
+            tag: s.tag.clone(),
+            started_ms: self.clock.unix_ms(),
+        };
+        if matches!(requested, Requested::Passcode(_) | Requested::Sms) && !id.is_empty() {
+            match limits::spent(self.store, id, now) {
+                Ok(None) => {}
+                Ok(Some(d)) => return self.release(id, d, &own),
+                Err(e) => return self.release(id, store_error(e), &own),
+            }
+        }
+        if let Some(secret) = self.policy.totp.get(&s.req.user) {
+            let d = self.local_totp(s, secret, requested, now);
+            return self.finish_factor(s, id, d, &own);
+        }
+        let reaches_phone = !matches!(requested, Requested::Passcode(_));
+        if reaches_phone {
+            let limits = &self.policy.limits;
+            let client = s.client.as_deref();
+            let ttl = self.lock_ttl();
+            match limits::reserve_push(self.store, limits, id, &s.req.user, client, ttl, now) {
+                Ok(Ok(token)) => own.user_lock = Some(token),
+                Ok(Err(d)) => return self.release(id, d, &own),
+                Err(e) => return self.release(id, store_error(e), &own),
+            }
+        }
+        // A passcode is a guess like a password: reserved before Duo sees it.
+        let attempt = match requested {
+            Requested::Passcode(_) => match self.reserve(s) {
+                Ok(a) => Some(a),
+                Err(d) => return self.release(id, d, &own),
+            },
+            _ => None,
+        };
+        let duo = self.duo_step();
+        match duo::start(&duo, s.req, requested, deadline_ms) {
+            Started::Done(d) => {
+                if own.user_lock.is_some() {
+                    limits::give_back_push(self.store, &self.policy.limits, &s.req.user, &d, now);
+                }
+                let d = match attempt {
+                    Some(a) if d.event == Event::PasscodeDenied => {
+                        limits::failed(self.store, &self.policy.limits, a, now, d)
+                    }
+                    Some(a) => {
+                        limits::give_back(self.store, a, now);
+                        d
+                    }
+                    None => d,
+                };
+                self.finish_factor(s, id, d, &own)
+            }
+            Started::Sent { txid, call, device } => {
+                own.txid = txid;
+                own.call = call;
+                let what = if call { "Calling" } else { "Push sent to" };
+                let show = match &device {
+                    Some(d) => format!("{what} {d}"),
+                    None => format!("{what} your phone"),
+                };
+                Decision::pending(
+                    Event::PushSent,
+                    Pending {
+                        wait: PendingKind::Own(own),
+                        deadline_ms,
+                        retry_after: Duration::ZERO,
+                        show,
+                        device,
+                    },
+                    if call { "call placed" } else { "push sent" },
+                )
+                .pushed()
+            }
+        }
+    }
+
+    /// RFC 6238 against the secret in the config; a code is good once, behind the attempt
+    /// limits like a password.
+    fn local_totp(
+        &self,
+        s: &Subject<'_>,
+        secret: &[u8],
+        requested: &Requested,
+        now: i64,
+    ) -> Decision {
+        let Requested::Passcode(code) = requested else {
+            return Decision::deny(
+                Event::TotpRequired,
+                "this user signs in with a TOTP code (password,123456)",
+            );
+        };
+        let limits = &self.policy.limits;
+        let attempt = match self.reserve(s) {
+            Ok(a) => a,
+            Err(d) => return d,
+        };
+        let Some(step) = totp::verify(secret, code, now) else {
+            let d = Decision::deny(Event::TotpDenied, "wrong or expired TOTP code");
+            return limits::failed(self.store, limits, attempt, now, d);
+        };
+        // A code is good once, and never after a later one (RFC 6238 §5.2): accepting step s
+        // also spends the steps before it that are still inside the ±1 window.
+        let used = |step: i64| keys::totp_used(&s.req.user, step);
+        match self.store.incr(&used(step), Duration::from_secs(120), now) {
+            Ok(1) => {}
+            Ok(_) => {
+                let d = Decision::deny(Event::TotpDenied, "TOTP code already used");
+                return limits::failed(self.store, limits, attempt, now, d);
+            }
+            Err(e) => return store_error(e),
+        }
+        for earlier in [step - 1, step - 2] {
+            if let Err(e) = self
+                .store
+                .incr(&used(earlier), Duration::from_secs(120), now)
+            {
+                return store_error(e);
+            }
+        }
+        limits::give_back(self.store, attempt, now);
+        Decision::grant(Event::TotpApproved, "TOTP code accepted")
+    }
+
+    /// After the second factor answered: account for it, release the user's push lock, store
+    /// the approval (unless the session was logged out meanwhile), release the session's lock.
+    fn finish_factor(&self, s: &Subject<'_>, id: &str, d: Decision, own: &OwnPush) -> Decision {
+        let now = self.clock.unix();
+        let limits = &self.policy.limits;
+        let client = s.client.as_deref();
+        let mut d =
+            limits::after_second_factor(self.store, limits, id, &s.req.user, client, now, d);
+        if let Some(token) = &own.user_lock {
+            if let Err(e) = self.store.unlock(&keys::user_lock(&s.req.user), token) {
+                d.note(format_args!("user push lock not released: {e}"));
+            }
+        }
+        if d.granted() {
+            d = d.for_user(&s.req.user);
+        }
+        if d.granted() && !d.fail_open() && !id.is_empty() && self.caching() {
+            d = self.store_approval(s, id, own, d);
+        }
+        self.release(id, d, own)
+    }
+
+    /// Release the session's push lock, if held.
+    fn release(&self, id: &str, mut d: Decision, own: &OwnPush) -> Decision {
+        if let Some(token) = &own.session_lock {
+            if let Err(e) = self.store.unlock(&keys::session_lock(id), token) {
+                d.note(format_args!("push lock not released: {e}"));
+            }
+        }
+        d
+    }
+
+    fn store_approval(
+        &self,
+        s: &Subject<'_>,
+        id: &str,
+        own: &OwnPush,
+        mut d: Decision,
+    ) -> Decision {
+        let now = self.clock.unix();
+        let tag = &own.tag;
+        // A logout at or after the start of this second factor: it wins.
+        let started = u64::try_from(own.started_ms).unwrap_or(0);
+        let revoked = |store: &dyn Store| {
+            store
+                .count(&keys::logouts(id), now)
+                .map(|at| at > 0 && at >= started)
+        };
+        let logged_out = || {
+            Decision::deny(
+                Event::Logout,
+                "the session was logged out while its second factor was out: not approved",
+            )
+        };
+        match revoked(self.store) {
+            Ok(false) => {}
+            Ok(true) => return logged_out(),
+            Err(e) => return store_error(e),
+        }
+        let entry = Entry {
+            user: s.req.user.clone(),
+            approved_at: now,
+            tag: tag.to_string(),
+            ip: s.req.ip.clone(),
+            last_seen: now,
+        };
+        let ttl = self.entry_ttl(&entry, now);
+        match self.store.put(id, &entry, ttl, now) {
+            Ok(()) => {}
+            Err(e) => {
+                // Granted now; the next request will ask again. Say so.
+                d.note(format_args!("not cached: {e}"));
+                return d;
+            }
+        }
+        // A logout between the first look and the write: it wins.
+        match revoked(self.store) {
+            Ok(false) => d.with(Effect::SetSession {
+                max_age: ttl.saturating_sub(STORE_MARGIN),
+            }),
+            Ok(true) | Err(_) => {
+                let _ = self.store.delete(id);
+                logged_out()
+            }
+        }
+    }
+
+    /// Another request of this session is asking Duo: has its approval landed in the store?
+    fn wait_for_other(&self, s: &Subject<'_>, pending: &Pending) -> Decision {
+        let d = self.look_for_other(s, pending);
+        if !d.is_pending() {
+            if let Some(id) = s.session.as_deref() {
+                // One waiter less (a waiter that never comes back expires with the lock's TTL).
+                let _ = self
+                    .store
+                    .decr(&keys::session_waiters(id), self.clock.unix());
+            }
+        }
+        d
+    }
+
+    fn look_for_other(&self, s: &Subject<'_>, pending: &Pending) -> Decision {
+        let granted = || {
+            Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL).for_user(&s.req.user)
+        };
+        let Some(id) = s.session.as_deref() else {
+            return Decision::deny(Event::NoCookie, "no session to wait for");
+        };
+        let now = self.clock.unix();
+        match self.approved_here(id, s, now) {
+            Ok(Some(_)) => return granted(),
+            Ok(None) => {}
+            Err(d) => return d,
+        }
+        match self.store.locked(&keys::session_lock(id), now) {
+            // The lock is gone and no approval was stored: that push was not approved.
+            Ok(false) => {
+                if let Ok(Some(_)) = self.approved_here(id, s, now) {
+                    return granted();
+                }
+                return Decision::deny(
+                    Event::PushDenied,
+                    "the concurrent push of this session was not approved",
+                );
+            }
+            Ok(true) => {}
+            Err(e) => return store_error(e),
+        }
+        let next = self.clock.unix_ms()
+            + i64::try_from(pending.retry_after.as_millis()).unwrap_or(i64::MAX / 4);
+        if next >= pending.deadline_ms {
+            return Decision::deny(
+                Event::PushTimeout,
+                "waited for the concurrent push of this session until the deadline",
+            );
+        }
+        Decision::pending(
+            Event::PushWaiting,
+            pending.clone(),
+            "another request of this session is asking Duo",
+        )
+    }
+
+    /// [`Gate::approved`], and usable from this client's network when sessions are bound to one.
+    fn approved_here(
+        &self,
+        id: &str,
+        s: &Subject<'_>,
+        now: i64,
+    ) -> Result<Option<Entry>, Decision> {
+        let entry = self.approved(id, &s.req.user, &s.tag, now)?;
+        Ok(entry.filter(|e| self.in_network(e, s.req)))
+    }
+
+    /// Whether the session may be used from the request's address.
+    fn in_network(&self, entry: &Entry, req: &Request) -> bool {
+        let Some(bind) = &self.policy.session.bind_network else {
+            return true;
+        };
+        if entry.ip.trim() == req.ip.trim() {
+            return true;
+        }
+        match (entry.ip.trim().parse(), req.addr()) {
+            (Ok(old), Some(new)) => bind.same_network(old, new),
+            _ => false,
+        }
+    }
+
+    /// The approval of session `id` for this user and tag, if it is still within the
+    /// lifetimes the policy sets now (not those it had when it was approved).
+    fn approved(
+        &self,
+        id: &str,
+        user: &str,
+        tag: &str,
+        now: i64,
+    ) -> Result<Option<Entry>, Decision> {
+        let entry = self.store.get(id, now).map_err(store_error)?;
+        let session = &self.policy.session;
+        Ok(entry.filter(|e| {
+            let age = now.saturating_sub(e.approved_at);
+            let idle = now.saturating_sub(e.last_seen.max(e.approved_at));
+            e.user == user
+                && tags_equal(&e.tag, tag)
+                // Whole seconds: a session lives its lifetime and less than a second more.
+                && secs(age) <= session.expiry
+                && session.idle_timeout.is_none_or(|t| secs(idle) <= t)
+        }))
+    }
+
+    /// How long the store keeps an entry from `now`: the rest of the absolute expiry, shortened
+    /// to the idle timeout when one is set, and a second more, so that the store never drops an
+    /// entry before [`Gate::approved`] would (the rule is the policy's, checked on every read).
+    fn entry_ttl(&self, entry: &Entry, now: i64) -> Duration {
+        let session = &self.policy.session;
+        let expiry = i64::try_from(session.expiry.as_secs()).unwrap_or(i64::MAX / 2);
+        let left =
+            Duration::from_secs(u64::try_from(entry.approved_at + expiry - now).unwrap_or(0));
+        let ttl = match session.idle_timeout {
+            Some(idle) => left.min(idle),
+            None => left,
+        };
+        ttl + STORE_MARGIN
+    }
+
+    /// With an idle timeout, a used session is written again with a fresh TTL — at most once
+    /// per tenth of the timeout, so the warm path stays a read.
+    fn refresh_idle(&self, id: &str, mut entry: Entry, now: i64) {
+        let Some(idle) = self.policy.session.idle_timeout else {
+            return;
+        };
+        let every = i64::try_from((idle / 10).as_secs().max(1)).unwrap_or(i64::MAX);
+        if now - entry.last_seen.max(entry.approved_at) < every {
+            return;
+        }
+        entry.last_seen = now;
+        let ttl = self.entry_ttl(&entry, now);
+        if !ttl.is_zero() {
+            // A failed refresh only shortens the session: not worth a deny.
+            let _ = self.store.put(id, &entry, ttl, now);
+        }
+    }
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}

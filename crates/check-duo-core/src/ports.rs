@@ -1,0 +1,145 @@
+//! What the core needs from the outside world, as traits the front-ends implement: the session
+//! store, Duo, the clock and waiting, and where records go. Every port is `Send + Sync` and
+//! takes `&self`, so one instance, built once per process, serves every thread or task.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use duo_auth::types::{AuthRequest, AuthStart, AuthStatus, Preauth};
+use serde::{Deserialize, Serialize};
+
+/// One approved session. It holds neither the password nor the cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub user: String,
+    /// Unix seconds of the approval.
+    pub approved_at: i64,
+    /// Keyed tag over user, password (pipe mode) and the configured credential: the warm path
+    /// checks it instead of running the password hash (see [`crate::keys::SessionKeys::tag`]).
+    pub tag: String,
+    /// Client address at approval.
+    #[serde(default)]
+    pub ip: String,
+    /// Unix seconds of the last request that refreshed the entry (idle timeout).
+    #[serde(default)]
+    pub last_seen: i64,
+}
+
+/// A session as the admin commands show it: never its key (a keyed hash of the cookie, but
+/// still the handle of a live session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub user: String,
+    /// Client address at approval.
+    pub ip: String,
+    /// Unix seconds of the approval.
+    pub approved_at: i64,
+    /// Unix seconds when the store drops it (`i64::MAX`: no expiry set).
+    pub expires_at: i64,
+}
+
+/// Proof of holding a lock: only its holder's token releases it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockToken(pub String);
+
+/// A store failure. Every one denies (never grants) the request that met it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    /// `embedded store`, `redis`, …
+    pub backend: &'static str,
+    /// What was being done: `read`, `write`, `SET NX`, …
+    pub op: String,
+    pub detail: String,
+}
+
+impl StoreError {
+    pub fn new(backend: &'static str, op: impl Into<String>, detail: impl fmt::Display) -> Self {
+        StoreError {
+            backend,
+            op: op.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.backend, self.op, self.detail)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Session and counter storage, shared by every request (and, with Redis, every host). Keys
+/// are the names of [`crate::keys`]; a session key is already a keyed hash of the cookie. `now`
+/// is Unix seconds.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError>;
+    /// Write atomically with its time to live.
+    fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError>;
+    /// Remove one session; true if it existed.
+    fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Every unexpired session (`check-duo sessions list`), without its key.
+    fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError>;
+    /// End every session of `user`; how many unexpired sessions were ended.
+    fn revoke_user(&self, user: &str, now: i64) -> Result<u64, StoreError>;
+    /// End every session; how many unexpired sessions were ended.
+    fn revoke_all(&self, now: i64) -> Result<u64, StoreError>;
+    /// Take the lock `key` for `ttl`; `None` when somebody holds it.
+    fn try_lock(&self, key: &str, ttl: Duration, now: i64)
+        -> Result<Option<LockToken>, StoreError>;
+    /// Release a lock; one that expired and was taken by somebody else meanwhile is left alone.
+    fn unlock(&self, key: &str, token: &LockToken) -> Result<(), StoreError>;
+    /// Whether somebody holds the lock `key`.
+    fn locked(&self, key: &str, now: i64) -> Result<bool, StoreError>;
+    /// Add one to the counter `key` and return the new count. The first increment starts a
+    /// window of `window`; when it ends the counter is gone.
+    fn incr(&self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError>;
+    /// Add one to the counter `key`, which then lives for `ttl` after this increment (a window
+    /// that slides with every increment, unlike [`Store::incr`]'s).
+    fn incr_sliding(&self, key: &str, ttl: Duration, now: i64) -> Result<u64, StoreError>;
+    /// Set the counter `key` to `value` for `ttl` (read back with [`Store::count`]).
+    fn set(&self, key: &str, value: u64, ttl: Duration, now: i64) -> Result<(), StoreError>;
+    /// Take one back from the counter `key` (never below zero; its window is unchanged).
+    fn decr(&self, key: &str, now: i64) -> Result<(), StoreError>;
+    /// The current count of `key` (0 when absent or expired).
+    fn count(&self, key: &str, now: i64) -> Result<u64, StoreError>;
+}
+
+/// Duo's Auth API, as the core calls it: `duo_auth::Client` in production (wrapped by the
+/// front-end), a scripted fake in tests. Every call ends by `deadline`.
+pub trait DuoApi: Send + Sync {
+    fn preauth(
+        &self,
+        user: &str,
+        ipaddr: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Preauth, duo_auth::Error>;
+    fn auth(&self, req: &AuthRequest, deadline: Instant) -> Result<AuthStart, duo_auth::Error>;
+    /// Long-polls until the transaction is answered or `deadline`.
+    fn auth_status(&self, txid: &str, deadline: Instant) -> Result<AuthStatus, duo_auth::Error>;
+}
+
+/// The time, as a parameter.
+pub trait Clock: Send + Sync {
+    /// Wall clock, Unix milliseconds (expiries, windows, what is stored).
+    fn unix_ms(&self) -> i64;
+    /// Monotonic time (deadlines of calls, the failure floor).
+    fn monotonic(&self) -> Instant;
+
+    /// Wall clock, Unix seconds.
+    fn unix(&self) -> i64 {
+        self.unix_ms().div_euclid(1000)
+    }
+}
+
+/// Waiting, as a parameter: a thread sleep in a process, a timer in a daemon, the manual
+/// clock's advance in tests.
+pub trait Wait: Send + Sync {
+    fn wait(&self, d: Duration);
+}
+
+/// Where the audit record of a decision goes (file, syslog); see [`crate::finish`].
+pub trait AuditSink {
+    fn write(&self, record: &crate::finish::Record<'_>) -> Result<(), String>;
+}
