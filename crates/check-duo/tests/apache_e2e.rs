@@ -258,7 +258,7 @@ impl World {
         let pw = b.wait_for_element("input[name=httpd_password]", PAGE);
         b.send_keys(&pw, password);
         let submit = b.wait_for_element("button[type=submit]", PAGE);
-        b.click(&submit);
+        b.click_to_leave(&submit);
     }
 
     /// Wait until the browser has loaded `path`; on timeout, fail with the Apache logs.
@@ -707,7 +707,7 @@ fn passcode_typed_on_the_login_page_needs_no_push() {
     );
     b.click(&b.wait_for_element("#other-factor summary", PAGE));
     b.send_keys(&b.wait_for_element("#passcode", PAGE), "314159");
-    b.click(&b.wait_for_element("button[type=submit]", PAGE));
+    b.click_to_leave(&b.wait_for_element("button[type=submit]", PAGE));
     w.wait_for_protected("/private/");
     let c = w.counters();
     assert_eq!(c.auth, 1, "{c:?}");

@@ -181,6 +181,14 @@ impl Browser {
         self.post(&format!("/element/{element}/click"), &json!({}));
     }
 
+    /// Click something that leaves the page (a form's submit button): the page is marked first,
+    /// so that [`Browser::wait_for_path`] waits for the next document, not this one, even when
+    /// both have the same path.
+    pub fn click_to_leave(&self, element: &str) {
+        self.execute("window.__checkDuoLeaving = true;", &[]);
+        self.click(element);
+    }
+
     /// Run `script` (a function body; `arguments` holds `args`) and return its result.
     pub fn execute(&self, script: &str, args: &[Value]) -> Value {
         self.try_execute(script, args)
@@ -243,14 +251,15 @@ impl Browser {
         }
     }
 
-    /// Wait for a loaded document (readyState complete) whose URL path is `path`; on timeout,
-    /// the error names the page the browser is on.
+    /// Wait for a loaded document (readyState complete) whose URL path is `path` and that is
+    /// not a page left by [`Browser::click_to_leave`]; on timeout, the error names the page the
+    /// browser is on.
     pub fn wait_for_path(&self, path: &str, timeout: Duration) -> Result<(), String> {
-        let ok = wait_until(timeout, || {
-            match self.try_execute("return [location.pathname, document.readyState];", &[]) {
-                Ok(v) => v[0] == path && v[1] == "complete",
-                Err(_) => false,
-            }
+        let script =
+            "return [location.pathname, document.readyState, window.__checkDuoLeaving === true];";
+        let ok = wait_until(timeout, || match self.try_execute(script, &[]) {
+            Ok(v) => v[0] == path && v[1] == "complete" && v[2] == false,
+            Err(_) => false,
         });
         if ok {
             Ok(())
