@@ -134,7 +134,7 @@ fn store_list_and_revoke(backend: Backend) {
             timeout: Duration::from_secs(2),
         },
     };
-    let mut s = store::open(&cache).unwrap();
+    let s = store::open(&cache).unwrap();
     let now = 1_900_000_000;
     let entry = |user: &str, ip: &str, at: i64| Entry {
         user: user.into(),
@@ -165,7 +165,7 @@ fn store_list_and_revoke(backend: Backend) {
         now,
     )
     .unwrap();
-    assert!(s.try_lock(&"d".repeat(64), hour, now).unwrap());
+    assert!(s.try_lock(&"d".repeat(64), hour, now).unwrap().is_some());
     if let Some(r) = &w.redis {
         // A key of another application, and one that only a glob prefix would match.
         let mut c = redis::Client::open(r.url())
@@ -210,7 +210,7 @@ fn store_list_and_revoke(backend: Backend) {
     assert_eq!(s.revoke_all(now).unwrap(), 1);
     assert!(s.list(now).unwrap().is_empty());
     // The push lock is not a session and stays.
-    assert!(!s.try_lock(&"d".repeat(64), hour, now).unwrap());
+    assert!(s.try_lock(&"d".repeat(64), hour, now).unwrap().is_none());
     if let Some(r) = &w.redis {
         let mut c = redis::Client::open(r.url())
             .unwrap()

@@ -49,9 +49,9 @@ fn every_shipped_config_parses() {
     for f in files {
         let text = with_test_ca(&std::fs::read_to_string(&f).unwrap());
         let cfg = Config::parse(&f, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!cfg.users.is_empty(), "{}", f.display());
+        assert!(!cfg.policy.users.is_empty(), "{}", f.display());
         // Documented in the README: joe's password is "joe password", ann's "ann password".
-        for (user, cred) in &cfg.users {
+        for (user, cred) in &cfg.policy.users {
             if let Credential::Plain(_) = cred {
                 continue;
             }

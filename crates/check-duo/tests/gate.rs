@@ -610,6 +610,172 @@ fn failures_take_the_same_time_for_known_and_unknown_users(w: &World) {
     }
 }
 
+/// Lifetimes are checked against the config of the request, not the one a session was approved
+/// under: a shorter expiry, or an idle timeout added later, ends older sessions too.
+fn changed_lifetimes_apply_to_older_sessions(w: &World) {
+    let rewrite = |tweak: &dyn Fn(&mut Value)| {
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&w.config).unwrap()).unwrap();
+        tweak(&mut c);
+        std::fs::write(&w.config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    };
+    w.request("alice", PASSWORD).run().granted("push approved");
+    w.request("alice", PASSWORD).run().granted("cached session");
+    rewrite(&|c| c["session"]["expiry"] = json!(1));
+    // Whole seconds in the store: older than 1 s for certain.
+    std::thread::sleep(Duration::from_millis(2100));
+    w.request("alice", PASSWORD).run().granted("push approved");
+
+    rewrite(&|c| c["session"]["expiry"] = json!(3600));
+    let other = |w: &World| {
+        w.request("alice", PASSWORD)
+            .env("COOKIE", "formsession=c2Vjb25kLXNlc3Npb24=")
+            .run()
+    };
+    other(w).granted("push approved");
+    other(w).granted("cached session");
+    rewrite(&|c| c["session"]["idle_timeout"] = json!(1));
+    std::thread::sleep(Duration::from_millis(2100));
+    other(w).granted("push approved");
+    assert_eq!(pushes(&w.sim, "alice"), 4);
+}
+
+/// A logout while the session's push is out wins: the approval that arrives after it is not
+/// stored, so the copied cookie cannot ride on it.
+fn logout_beats_a_pending_push(w: &World) {
+    let pending = {
+        let call = w.request("jill", PASSWORD);
+        std::thread::spawn(move || call.run())
+    };
+    let push = w
+        .sim
+        .wait_for_pending(Duration::from_secs(20))
+        .expect("a pending push");
+    w.request("jill", PASSWORD)
+        .env("CONTEXT", "logout")
+        .run()
+        .denied("logout");
+    assert!(w.sim.approve(&push.txid));
+    let out = pending.join().unwrap();
+    assert!(!out.granted, "{}", out.log);
+    assert!(out.log.contains("logged out"), "{}", out.log);
+    // Nothing was stored: the cookie asks Duo again (and the new push is answered in time).
+    let again = {
+        let call = w.request("jill", PASSWORD);
+        std::thread::spawn(move || call.run())
+    };
+    let push = w
+        .sim
+        .wait_for_pending(Duration::from_secs(20))
+        .expect("a second push");
+    assert!(w.sim.approve(&push.txid));
+    again.join().unwrap().granted("push approved");
+}
+
+/// A parallel burst of wrong passwords gets at most the threshold checked: attempts are reserved
+/// before they are checked. The right password sent just after is refused.
+fn a_parallel_burst_checks_at_most_the_threshold(w: &World) {
+    tight_limits(w, json!({"user_failures": 5, "ip_failures": 0, "ban": 60}));
+    let burst: Vec<_> = (0..20)
+        .map(|i| {
+            let call = w.request("alice", &format!("wrong {i}"));
+            std::thread::spawn(move || call.run())
+        })
+        .collect();
+    let outs: Vec<Outcome> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(outs.iter().all(|o| !o.granted));
+    let checked = outs
+        .iter()
+        .filter(|o| o.log.contains("event=password_failure"))
+        .count();
+    assert!(checked <= 5, "{checked} of 20 checked");
+    assert!(outs.iter().any(|o| o.log.contains("event=banned")));
+    w.request("alice", PASSWORD).run().denied("banned");
+    assert_eq!(w.sim.counters().duo_calls(), 0);
+}
+
+/// Every change of a session's address is logged; with `session.bind_network` the session is
+/// good only within the network it was approved from (a /24 here).
+fn sessions_bound_to_their_network(w: &World) {
+    w.request("alice", PASSWORD).run().granted("push approved");
+    let out = w.request("alice", PASSWORD).env("IP", "203.0.113.9").run();
+    out.granted("client address changed from 192.0.2.7");
+    assert_eq!(pushes(&w.sim, "alice"), 1);
+
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&w.config).unwrap()).unwrap();
+    c["session"]["bind_network"] = json!(true);
+    std::fs::write(&w.config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let out = w.request("alice", PASSWORD).env("IP", "203.0.113.77").run();
+    out.granted("client address changed from 203.0.113.9");
+    assert_eq!(pushes(&w.sim, "alice"), 1);
+    let out = w.request("alice", PASSWORD).env("IP", "198.51.100.1").run();
+    out.granted("push approved");
+    assert!(
+        out.log.contains("outside this client's network"),
+        "{}",
+        out.log
+    );
+    assert_eq!(pushes(&w.sim, "alice"), 2);
+}
+
+/// Client addresses are canonical: an IPv6 host counts per /64 (it has all of it), an
+/// IPv4-mapped address as its IPv4 address.
+fn ipv6_clients_count_per_network(w: &World) {
+    tight_limits(
+        w,
+        json!({"pair_failures": 0, "user_failures": 0, "ip_failures": 3, "ban": 60}),
+    );
+    for host in ["1", "2", "ab:cd:ef"] {
+        let ip = format!("2001:db8:5:6::{host}");
+        w.request("alice", "wrong")
+            .env("IP", &ip)
+            .run()
+            .denied("wrong password");
+    }
+    let out = w
+        .request("alice", PASSWORD)
+        .env("IP", "2001:db8:5:6:ffff::9")
+        .run();
+    out.denied("client address banned");
+    // Another /64 is another client.
+    w.request("alice", PASSWORD)
+        .env("IP", "2001:db8:5:7::1")
+        .run()
+        .granted("push approved");
+
+    for _ in 0..3 {
+        w.request("alice", "wrong")
+            .env("IP", "::ffff:198.51.100.4")
+            .run()
+            .denied("wrong password");
+    }
+    // (A fresh cookie: the approved session of the first half would be served from the cache.)
+    w.request("alice", PASSWORD)
+        .env("IP", "198.51.100.4")
+        .env("COOKIE", "formsession=ZnJlc2g=")
+        .run()
+        .denied("client address banned");
+}
+
+/// Failures count per user and address before they count per user: one address guessing at a
+/// name bans that address for the name, not the user everywhere.
+fn a_guessing_address_bans_itself_not_the_user(w: &World) {
+    tight_limits(
+        w,
+        json!({"pair_failures": 2, "user_failures": 10, "ip_failures": 0, "ban": 60}),
+    );
+    for _ in 0..2 {
+        w.request("alice", "wrong")
+            .env("IP", "203.0.113.5")
+            .run()
+            .denied("wrong password");
+    }
+    w.request("alice", PASSWORD)
+        .env("IP", "203.0.113.5")
+        .run()
+        .denied("user from this client address banned");
+    w.request("alice", PASSWORD).run().granted("push approved");
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -666,6 +832,12 @@ both!(
     parallel_sessions_cannot_exceed_the_push_cap,
     a_spent_sms_or_passcode_is_not_replayed,
     failures_take_the_same_time_for_known_and_unknown_users,
+    changed_lifetimes_apply_to_older_sessions,
+    logout_beats_a_pending_push,
+    a_parallel_burst_checks_at_most_the_threshold,
+    sessions_bound_to_their_network,
+    ipv6_clients_count_per_network,
+    a_guessing_address_bans_itself_not_the_user,
 );
 
 // ---- cases that need their own world ----
@@ -732,6 +904,70 @@ fn failmode_safe_lets_in_without_caching_and_says_so() {
     w.request("ivan", PASSWORD).run().granted("FAIL-OPEN");
     // After preauth, failures deny whatever the failmode.
     w.request("bob", PASSWORD).run().denied("push denied");
+}
+
+/// `failmode: safe` opens only when Duo was not reached or failed, never on what a man in the
+/// middle causes: a 401 (here: a wrong skey) or a certificate that does not verify.
+#[test]
+fn failmode_safe_never_opens_on_a_401_or_a_bad_certificate() {
+    let w = World::with(Backend::Embedded, |c| {
+        c["duo"]["failmode"] = json!("safe");
+        c["duo"]["skey"] = json!("not-the-skey-duo-knows");
+    });
+    let out = w.request("alice", PASSWORD).run();
+    out.denied("failmode never opens on this");
+    assert!(out.log.contains("event=duo_unreachable"), "{}", out.log);
+
+    let w = World::with(Backend::Embedded, |c| {
+        c["duo"]["failmode"] = json!("safe");
+        c["duo"].as_object_mut().unwrap().remove("ca_file");
+    });
+    let out = w.request("alice", PASSWORD).run();
+    out.denied("failmode never opens on this");
+    assert!(out.log.contains("TLS"), "{}", out.log);
+    // Nobody listening is what failmode safe is for.
+    let port = support::process::free_port();
+    let w = World::with(Backend::Embedded, |c| {
+        c["duo"]["failmode"] = json!("safe");
+        c["duo"]["host"] = json!(format!("127.0.0.1:{port}"));
+    });
+    w.request("alice", PASSWORD).run().granted("FAIL-OPEN");
+}
+
+/// A store that refuses writes (Redis at `maxmemory` with no eviction) denies every attempt
+/// that would have to be counted, before its password is checked; cached sessions, which only
+/// read, keep working.
+#[test]
+fn a_store_that_refuses_writes_denies_attempts_but_serves_sessions() {
+    if !backend_available(Backend::Redis) {
+        return;
+    }
+    let w = World::new(Backend::Redis);
+    w.request("alice", PASSWORD).run().granted("push approved");
+    let url = w._redis.as_ref().unwrap().url();
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    w.request("alice", PASSWORD).run().granted("cached session");
+    for password in ["wrong", PASSWORD] {
+        let out = w
+            .request("alice", password)
+            .env("COOKIE", "formsession=bmV3LWNvb2tpZQ==")
+            .run();
+        out.denied("could not be counted");
+        assert!(out.log.contains("event=store_error"), "{}", out.log);
+    }
+    assert_eq!(pushes(&w.sim, "alice"), 1);
 }
 
 #[test]

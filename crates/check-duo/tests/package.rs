@@ -103,6 +103,9 @@ fn files_and_modes() {
             >= 32
     );
     assert_eq!(stat("/var/lib/check-duo"), (0o2770, 0, g));
+    // The embedded store is made at install time, by root: not by whoever runs the setgid
+    // binary first.
+    assert_eq!(stat(STORE), (0o660, 0, g), "{STORE}");
     assert_eq!(stat("/var/log/check-duo"), (0o2770, 0, g));
     for f in [
         "/usr/share/man/man1/check-duo.1.gz",
@@ -115,6 +118,11 @@ fn files_and_modes() {
         "/usr/share/doc/check-duo/examples/embedded.json",
         "/usr/share/doc/check-duo/examples/apache/protected-location.conf",
         "/usr/share/doc/check-duo/least-privilege.md",
+        "/usr/share/doc/check-duo/ARCHITECTURE.md",
+        "/usr/share/doc/check-duo/docs/configuration.md",
+        "/usr/share/doc/check-duo/docs/deployment.md",
+        "/usr/share/doc/check-duo/docs/operations.md",
+        "/usr/share/doc/check-duo/docs/security.md",
         "/etc/logrotate.d/check-duo",
     ] {
         let (mode, uid, _) = stat(f);
@@ -280,9 +288,20 @@ fn end_to_end() {
     assert_eq!(status, 200, "{}", apache.error_log());
     assert_eq!(sim.pushes().len(), 1, "{}", apache.error_log());
 
-    // The store was created by the unprivileged user through the binary's group.
-    let (_, _, store_gid) = stat(STORE);
-    assert_eq!(store_gid, g, "{STORE}");
+    // The store is still the package's (root:check-duo 0660), now in WAL mode, with its SQLite
+    // files made by the unprivileged user through the binary's group, with the store's mode.
+    assert_eq!(stat(STORE), (0o660, 0, g), "{STORE}");
+    let header = fs::read(STORE).unwrap();
+    assert_eq!(
+        header.get(18..20),
+        Some(&[2u8, 2][..]),
+        "{STORE} not in WAL mode"
+    );
+    for side in ["-wal", "-shm"] {
+        let f = format!("{STORE}{side}");
+        let (mode, _, gid) = stat(&f);
+        assert_eq!((mode, gid), (0o660, g), "{f}");
+    }
     // The audit log: one record per decision, never the password.
     let audit = fs::read_to_string(AUDIT).unwrap();
     assert!(!audit.contains(PASSWORD));
@@ -310,4 +329,53 @@ fn end_to_end() {
     let (status, _) = get(&agent, &apache.url("/private/"), &cookie);
     assert_eq!(status, 200, "{}", apache.error_log());
     assert_eq!(sim.pushes().len(), 2, "{}", apache.error_log());
+
+    a_local_user_cannot_take_the_store_over(g);
+}
+
+/// One protected request through the setgid binary as `nobody` (a local user, not Apache):
+/// its exit status and log line.
+fn request_as_nobody() -> (i32, String) {
+    let (code, _, err) = run(Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "printf '{USER}\\n%s\\n' \"$PW\" | runuser -u nobody -- env -i \
+             COOKIE=formsession=bG9jYWwtdXNlcg== IP=192.0.2.9 URI=/private/ \
+             {BIN} -c {CONFIG}"
+            ),
+        ])
+        .env("PW", PASSWORD));
+    (code, err)
+}
+
+/// A local user who runs the setgid binary before Apache does cannot create the store (and so
+/// own it), and a store file others may read is refused.
+fn a_local_user_cannot_take_the_store_over(g: u32) {
+    let all: Vec<String> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| format!("{STORE}{s}"))
+        .collect();
+    for f in &all {
+        fs::rename(f, format!("{f}.saved")).unwrap();
+    }
+    let (code, err) = request_as_nobody();
+    let created = Path::new(STORE).exists();
+    for f in &all {
+        let _ = fs::remove_file(f);
+        fs::rename(format!("{f}.saved"), f).unwrap();
+    }
+    assert_eq!(code, 1, "{err}");
+    assert!(!created, "a setgid run by nobody created {STORE}: {err}");
+    assert!(err.contains("event=store_error"), "{err}");
+    assert!(err.contains("does not create it"), "{err}");
+    assert!(err.contains(STORE), "{err}");
+
+    chmod(Path::new(STORE), 0o644);
+    let (code, err) = request_as_nobody();
+    chmod(Path::new(STORE), 0o660);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("mode 0644"), "{err}");
+    assert!(err.contains("others may access it"), "{err}");
+    assert_eq!(stat(STORE), (0o660, 0, g), "{STORE}");
 }

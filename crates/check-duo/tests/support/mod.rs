@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod apache;
+pub mod faults;
 pub mod process;
 pub mod redis;
+pub mod sentinel;
 pub mod webdriver;
 pub mod world;
 
