@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/demo and scripts/bench-apache: Debian packages, an unprivileged Apache
-# on a loopback port configured from the shipped deploy/apache files, and process clean-up.
+# Helpers shared by scripts/demo and scripts/bench-apache: an unprivileged Apache on a loopback
+# port configured from the shipped deploy/apache files, process clean-up, and the few Debian
+# packages scripts/bench-apache checks for (the project's list is scripts/lib/packages.sh).
 # Sourced, not run. Expects ROOT (the repository) to be set.
 
 # shellcheck disable=SC2034  # used by the scripts that source this file
