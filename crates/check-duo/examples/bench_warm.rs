@@ -6,7 +6,8 @@
 //! (peak memory needs GNU time: `apt-get install time`).
 //!
 //! `BENCH_BASELINE_EXE=/path/to/other/check-duo` adds another build (say, main before a change)
-//! to the same interleaved loop, on the same store and session, for a before/after from one run.
+//! to the same interleaved loop, for a before/after from one run. It gets a store file of its own
+//! (builds may keep the file differently: WAL or not), with its own session approved once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -104,10 +105,20 @@ fn main() {
     // Warm the session: one push, approved by the simulator.
     let (ok, cold) = run(&exe, &args, &stdin);
     assert!(ok, "the cold request was not granted");
-    let calls = sim.counters().duo_calls();
 
     let truth = Path::new("/bin/true");
     let other = std::env::var_os("BENCH_BASELINE_EXE").map(std::path::PathBuf::from);
+    let other_config = dir.path().join("config-baseline.json");
+    let mut other_cfg = cfg.clone();
+    other_cfg["cache"]["path"] = json!(dir.path().join("sessions-baseline.db"));
+    std::fs::write(&other_config, serde_json::to_vec(&other_cfg).unwrap()).unwrap();
+    let other_config = other_config.to_str().unwrap().to_string();
+    let other_args = ["-c", other_config.as_str()];
+    if let Some(other) = &other {
+        let (ok, _) = run(other, &other_args, &stdin);
+        assert!(ok, "the baseline build's cold request was not granted");
+    }
+    let calls = sim.counters().duo_calls();
     let (mut gate, mut base, mut prev) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let (ok, d) = run(&exe, &args, &stdin);
@@ -115,7 +126,7 @@ fn main() {
         gate.push(d);
         base.push(run(truth, &[], &stdin).1);
         if let Some(other) = &other {
-            let (ok, d) = run(other, &args, &stdin);
+            let (ok, d) = run(other, &other_args, &stdin);
             assert!(ok, "a warm request was denied by the baseline build");
             prev.push(d);
         }
@@ -150,7 +161,9 @@ fn main() {
         kib(peak_gate)
     );
     if let Some(other) = &other {
-        let peak = (0..5).filter_map(|_| peak_kib(other, &args, &stdin)).max();
+        let peak = (0..5)
+            .filter_map(|_| peak_kib(other, &other_args, &stdin))
+            .max();
         println!(
             "| baseline build (warm) | {:.2} | {:.2} | {:.2} | {} |",
             ms(percentile(&prev, 0.5)),
