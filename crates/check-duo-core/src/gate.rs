@@ -704,15 +704,16 @@ impl<'a> Gate<'a> {
             let idle = now.saturating_sub(e.last_seen.max(e.approved_at));
             e.user == user
                 && tags_equal(&e.tag, tag)
-                // Whole seconds: a session lives its lifetime and less than a second more.
-                && secs(age) <= session.expiry
-                && session.idle_timeout.is_none_or(|t| secs(idle) <= t)
+                // Whole seconds, as the stores count: a lifetime of n s lasts between n - 1 and n.
+                && secs(age) < session.expiry
+                && session.idle_timeout.is_none_or(|t| secs(idle) < t)
         }))
     }
 
     /// How long the store keeps an entry from `now`: the rest of the absolute expiry, shortened
     /// to the idle timeout when one is set, and a second more, so that the store never drops an
-    /// entry before [`Gate::approved`] would (the rule is the policy's, checked on every read).
+    /// entry before [`Gate::approved`] would (the rule is the policy's, checked on every read;
+    /// the store's TTL only cleans up).
     fn entry_ttl(&self, entry: &Entry, now: i64) -> Duration {
         let session = &self.policy.session;
         let expiry = i64::try_from(session.expiry.as_secs()).unwrap_or(i64::MAX / 2);

@@ -210,7 +210,7 @@ fn open_read_write(path: &Path, timeout: Duration) -> Result<Connection, StoreEr
     // Leave -wal and -shm in place when this process is the last one to close.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(err("db_config"))?;
-    setup(&mut conn)?;
+    setup(&mut conn, timeout)?;
     Ok(conn)
 }
 
@@ -239,15 +239,13 @@ fn needs_read_write(e: &rusqlite::Error) -> bool {
 
 /// The WAL mode, the schema and this connection's write settings; the first write of a
 /// process (and [`EmbeddedStore::init`]) runs it.
-fn setup(conn: &mut Connection) -> Result<(), StoreError> {
+fn setup(conn: &mut Connection, timeout: Duration) -> Result<(), StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err("schema"))?;
     if version < SCHEMA_VERSION {
         // Recorded in the file: every later connection, of any process, is in WAL mode.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err("journal_mode"))?;
+        switch_to_wal(conn, timeout)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("schema"))?;
@@ -261,6 +259,25 @@ fn setup(conn: &mut Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(err("synchronous"))?;
     Ok(())
+}
+
+/// `PRAGMA journal_mode = WAL`, which needs the file to itself and answers "busy" at once,
+/// without SQLite's busy handler, while another process uses it (say, the first writers of a
+/// new store racing to set it up): asked again until `timeout`.
+fn switch_to_wal(conn: &Connection, timeout: Duration) -> Result<(), StoreError> {
+    let give_up = std::time::Instant::now() + timeout;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(err("journal_mode")(e)),
+        }
+    }
 }
 
 /// After a write: copy the log into the file, then empty it, so that the next process that

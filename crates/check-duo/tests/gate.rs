@@ -848,11 +848,12 @@ fn expiry_asks_duo_again() {
         if !backend_available(backend) {
             continue;
         }
-        let w = World::with(backend, |c| c["session"]["expiry"] = json!(1));
+        // Whole seconds: an expiry of 2 s lasts between 1 and 2 s.
+        let w = World::with(backend, |c| c["session"]["expiry"] = json!(2));
         w.request("alice", PASSWORD).run().granted("push approved");
         w.request("alice", PASSWORD).run().granted("cached session");
-        // A real TTL in a real store: wait for it to pass.
-        std::thread::sleep(Duration::from_millis(2100));
+        // Real time: wait for it to pass.
+        std::thread::sleep(Duration::from_millis(3100));
         w.request("alice", PASSWORD).run().granted("push approved");
         assert_eq!(pushes(&w.sim, "alice"), 2, "{backend:?}");
     }
