@@ -13,18 +13,17 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duo_sim::{Behaviours, SimHandle};
 use serde_json::{json, Value};
 
-use support::process::running_as_root;
+use support::process::{run_as_authenticator, running_as_root, Ran};
 use support::world::{argon2_hash, start_sim};
 
 const IKEY: &str = "DIEMBEDDEDSTORETESTX";
@@ -85,40 +84,17 @@ fn exe() -> PathBuf {
 }
 
 fn run(config: &Path, user: &str, cookie: &str, ip: &str) -> Outcome {
-    let started = Instant::now();
-    let mut child = Command::new(exe())
-        .arg("-c")
-        .arg(config)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("IP", ip)
-        .env("URI", "/private/index.html")
-        .env("HTTP_HOST", "app.example.test")
-        .env("COOKIE", format!("other=1; {cookie}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{user}\n{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Outcome {
-        granted: out.status.success(),
-        log: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    let env = [
+        ("IP", ip.to_string()),
+        ("URI", "/private/index.html".to_string()),
+        ("HTTP_HOST", "app.example.test".to_string()),
+        ("COOKIE", format!("other=1; {cookie}")),
+    ];
+    let stdin = format!("{user}\n{PASSWORD}\n");
+    run_as_authenticator(&exe(), config, &env, stdin.as_bytes(), |_| {})
 }
 
-struct Outcome {
-    granted: bool,
-    log: String,
-    elapsed: Duration,
-}
+type Outcome = Ran;
 
 impl Outcome {
     #[track_caller]

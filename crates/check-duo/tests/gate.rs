@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use duo_sim::{Behaviours, PreauthKind, PushKind, RateLimit, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
@@ -17,6 +16,7 @@ const SKEY: &str = "yWHSMhWucAcp7qvuH3HWTaSaKABs8Gaddiv1NIRo";
 const PASSWORD: &str = "correct horse, battery staple";
 const COOKIE: &str = "formsession=c2Vzc2lvbi1vbmU=";
 
+use support::process::{run_as_authenticator, Ran as Outcome};
 use support::world::{argon2_hash, start_sim, Backend};
 
 /// One test's world: a simulator, a store, a config file.
@@ -126,13 +126,6 @@ struct Call {
     env: Vec<(&'static str, String)>,
 }
 
-struct Outcome {
-    granted: bool,
-    code: Option<i32>,
-    log: String,
-    elapsed: Duration,
-}
-
 impl Call {
     fn env(mut self, k: &'static str, v: &str) -> Call {
         self.env.retain(|(name, _)| *name != k);
@@ -155,30 +148,13 @@ impl Call {
     }
 
     fn run_with(&self, extra: impl FnOnce(&mut Command)) -> Outcome {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-duo"));
-        cmd.arg("-c")
-            .arg(&self.config)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("AUTHTYPE", "PASS")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        extra(&mut cmd);
-        let started = Instant::now();
-        let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(&self.stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        Outcome {
-            granted: out.status.success(),
-            code: out.status.code(),
-            log,
-            elapsed: started.elapsed(),
-        }
+        run_as_authenticator(
+            Path::new(env!("CARGO_BIN_EXE_check-duo")),
+            &self.config,
+            &self.env,
+            &self.stdin,
+            extra,
+        )
     }
 }
 

@@ -7,9 +7,7 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use check_duo::config::{CacheConfig, Config};
@@ -17,7 +15,7 @@ use check_duo::store::{Entry, SentinelSpec};
 use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
-use support::process::wait_until;
+use support::process::{run_as_authenticator, wait_until, Ran};
 use support::redis::REDIS_SERVER;
 use support::sentinel::{
     Sentinels, PASSWORD as REDIS_PASSWORD, REDIS_SENTINEL, USER as REDIS_USER,
@@ -79,11 +77,7 @@ fn cookie(name: &str) -> String {
     format!("formsession={name}-{t:x}")
 }
 
-struct Outcome {
-    granted: bool,
-    log: String,
-    elapsed: Duration,
-}
+type Outcome = Ran;
 
 impl Outcome {
     fn reason_is(&self, reason: &str) -> bool {
@@ -97,39 +91,21 @@ impl Outcome {
 
 /// One run of the binary as mod_authnz_external runs it.
 fn run(config: &Path, user: &str, cookie: &str) -> Outcome {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_check-duo"))
-        .arg("-c")
-        .arg(config)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("AUTHTYPE", "PASS")
-        .env("IP", "192.0.2.7")
-        .env("URI", "/private/index.html")
-        .env("HTTP_HOST", "app.example.test")
-        .env("COOKIE", format!("other=1; {cookie}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{user}\n{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let env = [
+        ("IP", "192.0.2.7".to_string()),
+        ("URI", "/private/index.html".to_string()),
+        ("HTTP_HOST", "app.example.test".to_string()),
+        ("COOKIE", format!("other=1; {cookie}")),
+    ];
+    let stdin = format!("{user}\n{PASSWORD}\n");
+    let exe = Path::new(env!("CARGO_BIN_EXE_check-duo"));
+    let out = run_as_authenticator(exe, config, &env, stdin.as_bytes(), |_| {});
     assert!(
-        !log.contains(PASSWORD) && !log.contains(REDIS_PASSWORD),
-        "a password in the log: {log}"
+        !out.log.contains(PASSWORD) && !out.log.contains(REDIS_PASSWORD),
+        "a password in the log: {}",
+        out.log
     );
-    Outcome {
-        granted: out.status.success(),
-        log,
-        elapsed: started.elapsed(),
-    }
+    out
 }
 
 #[track_caller]

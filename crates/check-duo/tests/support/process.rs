@@ -1,9 +1,11 @@
-//! Child processes that die with the test (RAII), free loopback ports, and waiting for them.
+//! Child processes that die with the test (RAII), free loopback ports, waiting for them, and one
+//! run of check-duo as mod_authnz_external runs it.
 
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -115,4 +117,47 @@ pub fn running_as_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
+}
+
+/// What one run of check-duo answered: the exit status is the decision, stderr the log.
+pub struct Ran {
+    pub granted: bool,
+    pub code: Option<i32>,
+    pub log: String,
+    pub elapsed: Duration,
+}
+
+/// Run `exe -c config` as mod_authnz_external runs it: a clean environment holding only `PATH`,
+/// `AUTHTYPE` and `env`, the credentials on stdin. `extra` may change the command further.
+pub fn run_as_authenticator(
+    exe: &Path,
+    config: &Path,
+    env: &[(&str, String)],
+    stdin: &[u8],
+    extra: impl FnOnce(&mut Command),
+) -> Ran {
+    let mut cmd = Command::new(exe);
+    cmd.arg("-c")
+        .arg(config)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AUTHTYPE", "PASS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    extra(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    // A program that exits without reading its stdin may close it first: that is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    Ran {
+        granted: out.status.success(),
+        code: out.status.code(),
+        log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
 }
