@@ -24,11 +24,7 @@ pub struct About<'a> {
 impl<'a> About<'a> {
     pub fn record(&self, decision: &'a Decision, duration: Duration) -> Record<'a> {
         Record {
-            user: self.user,
-            ip: self.ip,
-            host: self.host,
-            uri: self.uri,
-            context: self.context,
+            about: *self,
             decision,
             duration,
         }
@@ -37,12 +33,7 @@ impl<'a> About<'a> {
 
 /// One decision as logged: who, from where, what, the decision and how long it took.
 pub struct Record<'a> {
-    pub user: &'a str,
-    pub ip: &'a str,
-    pub host: &'a str,
-    pub uri: &'a str,
-    /// Where in the front-end it was decided (`login`, `logout`, `request`, …; `-` for none).
-    pub context: &'a str,
+    pub about: About<'a>,
     pub decision: &'a Decision,
     pub duration: Duration,
 }
@@ -52,11 +43,11 @@ impl fmt::Display for Record<'_> {
         write!(
             f,
             "check-duo: user={:?} ip={:?} host={:?} uri={:?} context={} outcome={} event={} reason={:?} duration_ms={}",
-            self.user,
-            self.ip,
-            self.host,
-            self.uri,
-            self.context,
+            self.about.user,
+            self.about.ip,
+            self.about.host,
+            self.about.uri,
+            self.about.context,
             self.decision.outcome_str(),
             self.decision.event.as_str(),
             self.decision.reason,

@@ -114,11 +114,11 @@ pub fn record(line: &Record<'_>, at: SystemTime) -> String {
         "time": rfc3339(at),
         "event": d.event.as_str(),
         "outcome": outcome_str(&d.outcome),
-        "user": line.user,
-        "ip": line.ip,
-        "host": line.host,
-        "uri": line.uri,
-        "context": (line.context != "-").then_some(line.context),
+        "user": line.about.user,
+        "ip": line.about.ip,
+        "host": line.about.host,
+        "uri": line.about.uri,
+        "context": (line.about.context != "-").then_some(line.about.context),
         "reason": d.reason,
         "duration_ms": u64::try_from(line.duration.as_millis()).unwrap_or(u64::MAX),
         "pushes": d.pushes,
@@ -240,15 +240,14 @@ mod tests {
     use super::*;
 
     fn line<'a>(d: &'a Decision, user: &'a str) -> Record<'a> {
-        Record {
+        let about = check_duo_core::finish::About {
             user,
             ip: "192.0.2.7",
             host: "app.example.org",
             uri: "/private/",
             context: "request",
-            decision: d,
-            duration: Duration::from_millis(42),
-        }
+        };
+        about.record(d, Duration::from_millis(42))
     }
 
     #[test]
