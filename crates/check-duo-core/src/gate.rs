@@ -162,10 +162,8 @@ impl<'a> Gate<'a> {
         let ttl = self.entry_ttl(&moved, now);
         let mut d = grant();
         d.note(format_args!("client address changed from {from}"));
-        if !ttl.is_zero() {
-            if let Err(e) = self.store.put(id, &moved, ttl, now) {
-                d.note(format_args!("new address not stored: {e}"));
-            }
+        if let Err(e) = self.store.put(id, &moved, ttl, now) {
+            d.note(format_args!("new address not stored: {e}"));
         }
         Warm::Hit(d)
     }
@@ -738,10 +736,8 @@ impl<'a> Gate<'a> {
         }
         entry.last_seen = now;
         let ttl = self.entry_ttl(&entry, now);
-        if !ttl.is_zero() {
-            // A failed refresh only shortens the session: not worth a deny.
-            let _ = self.store.put(id, &entry, ttl, now);
-        }
+        // A failed refresh only shortens the session: not worth a deny.
+        let _ = self.store.put(id, &entry, ttl, now);
     }
 }
 
