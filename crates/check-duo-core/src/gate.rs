@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::decision::{Decision, Effect, Event, Outcome, OwnPush, Pending, PendingKind};
 use crate::duo::{self, Duo, Started};
 use crate::factor::{self, Requested};
-use crate::keys::{self, tags_equal};
+use crate::keys;
 use crate::limits::{self, store_error};
 use crate::password::{self, Credential};
 use crate::policy::Policy;
@@ -85,6 +85,8 @@ struct Subject<'r> {
     /// The store key of the session (a keyed hash of the token), if the request has one.
     session: Option<String>,
     client: Option<String>,
+    /// The password as far as sessions are bound to it ("" when they are not).
+    password: &'r str,
     tag: String,
 }
 
@@ -103,7 +105,10 @@ impl<'a> Gate<'a> {
             .users
             .get(&req.user)
             .map_or("", Credential::fingerprint);
-        let password = req.password.as_ref().map_or("", |p| p.expose());
+        let password = match &req.password {
+            Some(p) if self.policy.session.bound_to_password => p.expose(),
+            _ => "",
+        };
         Subject {
             req,
             session: req
@@ -111,6 +116,7 @@ impl<'a> Gate<'a> {
                 .as_ref()
                 .map(|t| self.policy.keys.session_id(t.expose())),
             client: req.client_key(self.policy.limits.ipv6_prefix),
+            password,
             tag: self.policy.keys.tag(&req.user, password, fingerprint),
         }
     }
@@ -128,19 +134,50 @@ impl<'a> Gate<'a> {
 
     fn warm(&self, req: &Request) -> Warm {
         let s = self.subject(req);
-        let Some(id) = s.session.as_deref() else {
+        let (Some(token), Some(id)) = (&req.session, s.session.as_deref()) else {
             return Warm::Miss(None);
         };
-        if !self.caching() || !self.policy.users.contains_key(&req.user) {
+        let bound = self.policy.session.bound_to_password;
+        if !self.caching() || (bound && !self.policy.users.contains_key(&req.user)) {
             return Warm::Miss(None);
         }
         let now = self.clock.unix();
-        let entry = match self.approved(id, &req.user, &s.tag, now) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return Warm::Miss(None),
-            Err(d) => return Warm::Fail(d),
+        // The current key's id first; older keys' ids only when it is not found.
+        let mut found = None;
+        for (older, key) in self.policy.keys.session_ids(token.expose()).enumerate() {
+            match self.approved(&key, &req.user, s.password, now) {
+                Ok(Some(entry)) => {
+                    found = Some((older > 0, key, entry));
+                    break;
+                }
+                Ok(None) => {}
+                Err(d) => return Warm::Fail(d),
+            }
+        }
+        let Some((older, old_key, mut entry)) = found else {
+            return Warm::Miss(None);
         };
-        let grant = || Decision::grant(Event::CacheHit, "cached session").for_user(&req.user);
+        let mut notes = Vec::new();
+        if older {
+            // Filed under a key being retired: move it under the current one.
+            entry.tag = self.tag_for(&entry.user, s.password);
+            let ttl = self.entry_ttl(&entry, now);
+            match self.store.put(id, &entry, ttl, now) {
+                Ok(()) => {
+                    let _ = self.store.delete(&old_key);
+                    notes.push("session moved to the current key".to_string());
+                }
+                Err(e) => notes.push(format!("session not moved to the current key: {e}")),
+            }
+        }
+        let user = entry.user.clone();
+        let grant = || {
+            let mut d = Decision::grant(Event::CacheHit, "cached session").for_user(&user);
+            for n in &notes {
+                d.note(n);
+            }
+            d
+        };
         if entry.ip.trim() == req.ip.trim() {
             self.refresh_idle(id, entry, now);
             return Warm::Hit(grant());
@@ -302,11 +339,21 @@ impl<'a> Gate<'a> {
         };
         let now = self.clock.unix();
         let at = u64::try_from(self.clock.unix_ms()).unwrap_or(0);
+        let older: Vec<String> = match &req.session {
+            Some(t) => self.policy.keys.session_ids(t.expose()).skip(1).collect(),
+            None => Vec::new(),
+        };
         let d = match self
             .store
             .set(&keys::logouts(&id), at, self.lock_ttl(), now)
             .and_then(|()| self.store.delete(&id))
-        {
+            .and_then(|deleted| {
+                let mut any = deleted;
+                for key in &older {
+                    any |= self.store.delete(key)?;
+                }
+                Ok(any)
+            }) {
             Ok(true) => Decision::deny(Event::Logout, "logout: session ended"),
             Ok(false) => Decision::deny(Event::Logout, "logout: no cached session"),
             Err(e) => Decision::deny(
@@ -668,7 +715,7 @@ impl<'a> Gate<'a> {
         s: &Subject<'_>,
         now: i64,
     ) -> Result<Option<Entry>, Decision> {
-        let entry = self.approved(id, &s.req.user, &s.tag, now)?;
+        let entry = self.approved(id, &s.req.user, s.password, now)?;
         Ok(entry.filter(|e| self.in_network(e, s.req)))
     }
 
@@ -686,22 +733,41 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// The approval of session `id` for this user and tag, if it is still within the
-    /// lifetimes the policy sets now (not those it had when it was approved).
+    /// The tag of a new approval of `user` (under the current key).
+    fn tag_for(&self, user: &str, password: &str) -> String {
+        let fingerprint = self
+            .policy
+            .users
+            .get(user)
+            .map_or("", Credential::fingerprint);
+        self.policy.keys.tag(user, password, fingerprint)
+    }
+
+    /// The approval of session `id` for this user (any user, when sessions are not bound to the
+    /// password and the request names none) and password, if its user's credential is still
+    /// the one it was approved with and it is within the lifetimes the policy sets now (not
+    /// those it had when it was approved).
     fn approved(
         &self,
         id: &str,
         user: &str,
-        tag: &str,
+        password: &str,
         now: i64,
     ) -> Result<Option<Entry>, Decision> {
         let entry = self.store.get(id, now).map_err(store_error)?;
         let session = &self.policy.session;
+        let any_user = user.is_empty() && !session.bound_to_password;
         Ok(entry.filter(|e| {
             let age = now.saturating_sub(e.approved_at);
             let idle = now.saturating_sub(e.last_seen.max(e.approved_at));
-            e.user == user
-                && tags_equal(&e.tag, tag)
+            let Some(cred) = self.policy.users.get(&e.user) else {
+                return false;
+            };
+            (any_user || e.user == user)
+                && self
+                    .policy
+                    .keys
+                    .tag_matches(&e.tag, &e.user, password, cred.fingerprint())
                 // Whole seconds, as the stores count: a lifetime of n s lasts between n - 1 and n.
                 && secs(age) < session.expiry
                 && session.idle_timeout.is_none_or(|t| secs(idle) < t)

@@ -128,23 +128,29 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// The key that hashes session tokens and tags.
+/// The keys that hash session tokens and tags: the first makes every new hash, and every one is
+/// still accepted on reading, so the secret can be rotated (new first, old after it) without
+/// ending the sessions made under the old one.
 pub struct SessionKeys {
-    key: Zeroizing<[u8; 32]>,
+    keys: Vec<Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionKeys(<redacted>)")
+        write!(f, "SessionKeys(<{} redacted>)", self.keys.len())
     }
 }
 
 impl Clone for SessionKeys {
     fn clone(&self) -> Self {
         SessionKeys {
-            key: Zeroizing::new(*self.key),
+            keys: self.keys.iter().map(|k| Zeroizing::new(**k)).collect(),
         }
     }
+}
+
+fn derive_key(secret: &str) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(mac(secret.as_bytes(), &[b"check-duo session key v1"]))
 }
 
 impl SessionKeys {
@@ -152,21 +158,41 @@ impl SessionKeys {
     /// drop-in config needs nothing new).
     pub fn derive(secret: &str) -> Self {
         SessionKeys {
-            key: Zeroizing::new(mac(secret.as_bytes(), &[b"check-duo session key v1"])),
+            keys: vec![derive_key(secret)],
         }
     }
 
-    /// The store key of a session token.
-    pub fn session_id(&self, token: &str) -> String {
-        hex::encode(mac(&self.key[..], &[b"id", token.as_bytes()]))
+    /// From a list of secrets, the current one first; `None` when the list is empty.
+    pub fn rotating<S: AsRef<str>>(secrets: &[S]) -> Option<Self> {
+        if secrets.is_empty() {
+            return None;
+        }
+        Some(SessionKeys {
+            keys: secrets.iter().map(|s| derive_key(s.as_ref())).collect(),
+        })
     }
 
-    /// A tag binding an approval to the user, the password and the configured credential: the
-    /// warm path checks it instead of running argon2/bcrypt, and a changed password in the
-    /// config ends every session of that user.
-    pub fn tag(&self, user: &str, password: &str, credential: &str) -> String {
+    fn primary(&self) -> &[u8] {
+        self.keys.first().map_or(&[][..], |k| &k[..])
+    }
+
+    /// The store key of a session token (under the current key).
+    pub fn session_id(&self, token: &str) -> String {
+        hex::encode(mac(self.primary(), &[b"id", token.as_bytes()]))
+    }
+
+    /// The store keys a token may have been filed under: the current key's first, then those of
+    /// the older keys.
+    pub fn session_ids(&self, token: &str) -> impl Iterator<Item = String> + '_ {
+        let token = token.to_string();
+        self.keys
+            .iter()
+            .map(move |k| hex::encode(mac(&k[..], &[b"id", token.as_bytes()])))
+    }
+
+    fn tag_with(key: &[u8], user: &str, password: &str, credential: &str) -> String {
         hex::encode(mac(
-            &self.key[..],
+            key,
             &[
                 b"tag",
                 user.as_bytes(),
@@ -174,6 +200,20 @@ impl SessionKeys {
                 credential.as_bytes(),
             ],
         ))
+    }
+
+    /// A tag binding an approval to the user, the password and the configured credential: the
+    /// warm path checks it instead of running argon2/bcrypt, and a changed password in the
+    /// config ends every session of that user.
+    pub fn tag(&self, user: &str, password: &str, credential: &str) -> String {
+        Self::tag_with(self.primary(), user, password, credential)
+    }
+
+    /// Whether `tag` is the tag of these parts under any of the keys.
+    pub fn tag_matches(&self, tag: &str, user: &str, password: &str, credential: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|k| tags_equal(tag, &Self::tag_with(&k[..], user, password, credential)))
     }
 }
 

@@ -70,6 +70,11 @@ pub struct SessionPolicy {
     /// A session is good only from the network it was approved from; `None`: from anywhere
     /// (a change of address is logged either way).
     pub bind_network: Option<NetworkBinding>,
+    /// The pipe mode: every request carries the password, and a session is good only with the
+    /// password it was approved with. Off in the long-running mode, where the session token is
+    /// the proof and requests carry no user: the session's user comes from the store, and a
+    /// session still ends when that user's configured credential changes or goes.
+    pub bound_to_password: bool,
 }
 
 /// How large "the client's network" is.
@@ -112,6 +117,7 @@ impl Default for SessionPolicy {
             expiry: Duration::from_secs(14400),
             idle_timeout: None,
             bind_network: None,
+            bound_to_password: true,
         }
     }
 }

@@ -246,6 +246,7 @@ impl Config {
                 .filter(|t| *t > 0)
                 .map(Duration::from_secs),
             bind_network,
+            bound_to_password: true,
         };
         let limits = limits(raw.limits.as_ref(), &err)?;
         let audit = match &raw.audit {

@@ -10,3 +10,4 @@ mod passwords;
 mod pushes;
 mod sessions;
 mod support;
+mod tokens;
