@@ -57,6 +57,12 @@ pub enum Event {
     TotpDenied,
     /// A TOTP user gave no code.
     TotpRequired,
+    /// Long-running mode: an access rule lets the request pass without a session.
+    Bypass,
+    /// Long-running mode: an access rule refuses the request.
+    RuleDeny,
+    /// Long-running mode: a session cookie that names no valid session.
+    NoSession,
 }
 
 impl Event {
@@ -93,6 +99,9 @@ impl Event {
             Event::TotpApproved => "totp_approved",
             Event::TotpDenied => "totp_denied",
             Event::TotpRequired => "totp_required",
+            Event::Bypass => "bypass",
+            Event::RuleDeny => "rule_deny",
+            Event::NoSession => "no_session",
         }
     }
 }
@@ -166,6 +175,8 @@ pub struct Decision {
     /// The user a grant is for (from the session record when the request named none).
     pub user: Option<String>,
     pub effects: Vec<Effect>,
+    /// A link for the user from Duo (the enrollment portal of a user who is not enrolled).
+    pub link: Option<String>,
 }
 
 impl Decision {
@@ -189,6 +200,7 @@ impl Decision {
             pushes: 0,
             user: None,
             effects: Vec::new(),
+            link: None,
         }
     }
 

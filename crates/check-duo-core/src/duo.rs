@@ -167,11 +167,16 @@ pub(crate) fn start(
                 format!("Duo preauth deny ({status_msg})"),
             ))
         }
-        Ok(Preauth::Enroll { .. }) => {
-            return Started::Done(Decision::deny(
+        Ok(Preauth::Enroll {
+            enroll_portal_url, ..
+        }) => {
+            let mut d = Decision::deny(
                 Event::NotEnrolled,
                 "user not enrolled in Duo (preauth enroll)",
-            ))
+            );
+            // Only a web link is a link to offer.
+            d.link = Some(enroll_portal_url).filter(|u| u.starts_with("https://"));
+            return Started::Done(d);
         }
         Err(e) if e.may_fail_open() => return Started::Done(duo.unreachable(ip, &e)),
         // Duo could not be asked, but for a reason a man in the middle could cause (a 401, a

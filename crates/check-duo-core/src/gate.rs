@@ -227,6 +227,29 @@ impl<'a> Gate<'a> {
             Ok(r) => r,
             Err(d) => return d,
         };
+        self.after_password(&s, requested)
+    }
+
+    /// The second factor alone, for a user whose password the front-end checked earlier in the
+    /// same sign-in (a portal's "send another push", "call me", "enter a passcode"): every push
+    /// and passcode limit applies; the password is not asked again. Only where sessions are not
+    /// bound to the password (the tag of such a session holds none). May answer
+    /// [`Outcome::Pending`].
+    pub fn second_factor_only(&self, req: &Request, requested: Requested) -> Decision {
+        if self.policy.session.bound_to_password {
+            return Decision::deny(
+                Event::ConfigError,
+                "a second factor without the password, where sessions are bound to it",
+            );
+        }
+        if !self.policy.users.contains_key(&req.user) {
+            return Decision::deny(Event::UnknownUser, "unknown user");
+        }
+        self.after_password(&self.subject(req), requested)
+    }
+
+    fn after_password(&self, s: &Subject<'_>, requested: Requested) -> Decision {
+        let req = s.req;
         if limits::no_push_path(&self.policy.limits, &req.uri) {
             return Decision::deny(
                 Event::NoPushPath,

@@ -79,10 +79,14 @@ pub enum Command {
     /// List or end cached sessions (Duo approvals).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Run the long-running gate: the authorization endpoints for nginx, Caddy, Traefik,
+    /// HAProxy and Envoy, the FastCGI authorizer for Apache, and the sign-in portal. Needs a
+    /// `server` section (at least `server.portal_url`) in the configuration. Stops on SIGTERM.
+    Serve(ConfigFile),
 }
 
 /// The subcommand words, for telling an admin command line from the drop-in one.
-pub const SUBCOMMANDS: &[&str] = &["config", "hash-password", "sessions"];
+pub const SUBCOMMANDS: &[&str] = &["config", "hash-password", "sessions", "serve"];
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {

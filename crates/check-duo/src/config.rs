@@ -72,6 +72,8 @@ pub struct Config {
     pub session_name: String,
     /// The optional audit log (see [`crate::audit`]).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// The long-running mode's section (`check-duo serve`); the pipe mode ignores it.
+    pub server: Option<crate::serve::ServerConfig>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +88,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     totp: Option<BTreeMap<String, String>>,
     audit: Option<crate::audit::RawAudit>,
+    server: Option<crate::serve::settings::RawServer>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +281,10 @@ impl Config {
             factor,
             audit_required: audit.as_ref().is_some_and(|a| a.required),
         };
+        let server = match &raw.server {
+            Some(s) => Some(crate::serve::ServerConfig::from_raw(s).map_err(|(k, m)| err(&k, m))?),
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             policy,
@@ -285,6 +292,7 @@ impl Config {
             cache,
             session_name,
             audit,
+            server,
         })
     }
 }
@@ -378,6 +386,7 @@ fn is_secret_key(key: &str) -> bool {
         key,
         "password" | "duo.skey" | "cache.password" | "cache.url"
     ) || key.starts_with("usernames.")
+        || key.starts_with("server.secrets")
         || key.starts_with("totp.")
 }
 

@@ -16,6 +16,7 @@ pub mod duo;
 pub mod input;
 pub mod password;
 pub mod privilege;
+pub mod serve;
 pub mod system;
 
 pub use check_duo_core::{factor, totp};

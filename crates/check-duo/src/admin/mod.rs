@@ -16,6 +16,7 @@ pub fn run(cmd: Command) -> u8 {
     match cmd {
         Command::Config(ConfigCommand::Check(a)) => check::run(&a.file.config, a.strict),
         Command::HashPassword(a) => hash::run(a.stdin),
+        Command::Serve(a) => serve(&a.config),
         Command::Sessions(SessionsCommand::List(a)) => {
             sessions::list(&a.file.config, a.user.as_deref(), a.json)
         }
@@ -62,4 +63,22 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// `check-duo serve`: load the config, then run until stopped.
+fn serve(path: &std::path::Path) -> u8 {
+    let cfg = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("check-duo: {e}");
+            return 2;
+        }
+    };
+    match crate::serve::run(cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("check-duo: serve: {e}");
+            1
+        }
+    }
 }

@@ -1,0 +1,277 @@
+//! The authorization endpoints, compatible with Authelia's (REFERENCE §7), and the one decision
+//! behind them and behind the FastCGI authorizer: the access rules, then the session (a store
+//! lookup and an HMAC). Never Duo, never a wait.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use check_duo_core::finish::About;
+use check_duo_core::{Decision, Event, Request};
+
+use super::rules::Policy;
+use super::session::{self, CookieStyle};
+use super::target::{self, BadHeader, Target};
+use super::App;
+
+/// What the gate answers about one target, whatever the front-end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Pass, as this user (`None`: a bypass rule, nobody signed in).
+    Allow(Option<String>),
+    /// Not signed in: the portal URL to send a browser to (`None`: a path that never starts a
+    /// sign-in, or a host this gate does not know, answered 401 without a way in).
+    SignIn(Option<String>),
+    /// Refused (a deny rule, a target the gate does not protect).
+    Forbidden,
+    /// The session store could not tell: never a grant.
+    Unavailable,
+}
+
+/// Decide a target for a request with these headers (the cookie) from `client`.
+pub fn decide(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> Answer {
+    let started = Instant::now();
+    let (answer, d) = decide_inner(app, t, headers, client);
+    app.metrics.decision(&d);
+    // Cached sessions are counted, not logged: one line per protected request would drown the
+    // log (the pipe mode logs them because each is a process of its own).
+    if d.event != Event::CacheHit {
+        let user = d.user.clone().unwrap_or_default();
+        let about = About {
+            user: &user,
+            ip: client,
+            host: &t.authority,
+            uri: &t.uri,
+            context: "authz",
+        };
+        app.log(&about, d, started);
+    }
+    answer
+}
+
+fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (Answer, Decision) {
+    let server = &app.server;
+    let Some((domain, portal)) = server.domain_for(&t.host) else {
+        let d = Decision::deny(
+            Event::BadInput,
+            "host not within a cookie domain of this gate",
+        );
+        return (Answer::Forbidden, d);
+    };
+    if !t.https && !portal.insecure_loopback() {
+        let d = Decision::deny(Event::BadInput, "plain-HTTP target behind an HTTPS portal");
+        return (Answer::Forbidden, d);
+    }
+    match server.rules.policy(&t.host, t.path(), &t.method) {
+        Policy::Bypass => {
+            return (
+                Answer::Allow(None),
+                Decision::grant(Event::Bypass, "bypass rule"),
+            )
+        }
+        Policy::Deny => {
+            return (
+                Answer::Forbidden,
+                Decision::deny(Event::RuleDeny, "deny rule"),
+            )
+        }
+        Policy::TwoFactor => {}
+    }
+    let token = session::cookie(
+        headers,
+        &CookieStyle::new(portal, domain).name(session::NAME),
+    );
+    let sign_in = || {
+        if check_duo_core::limits::no_push_path(&app.cfg.policy.limits, &t.uri) {
+            None
+        } else {
+            Some(portal_redirect(&portal.url, t))
+        }
+    };
+    let Some(token) = token else {
+        let d = Decision::deny(Event::NoCookie, "no session cookie");
+        return (Answer::SignIn(sign_in()), d);
+    };
+    let req = Request {
+        session: Some(token),
+        ip: client.to_string(),
+        host: t.authority.clone(),
+        method: t.method.clone(),
+        uri: t.uri.clone(),
+        ..Request::default()
+    };
+    match app.gate().authorize(&req) {
+        Some(d) if d.granted() => (Answer::Allow(d.user.clone()), d),
+        Some(d) => (Answer::Unavailable, d),
+        None => {
+            let d = Decision::deny(Event::NoSession, "no valid session for this cookie");
+            (Answer::SignIn(sign_in()), d)
+        }
+    }
+}
+
+/// `PORTAL?rd=TARGET&rm=METHOD`.
+pub fn portal_redirect(portal: &str, t: &Target) -> String {
+    let q = serde_urlencoded::to_string([("rd", t.url()), ("rm", t.method.clone())])
+        .unwrap_or_default();
+    format!("{portal}?{q}")
+}
+
+/// How the endpoint family turns "not signed in" into a reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// Traefik, Caddy, HAProxy, Envoy: a redirect for browsers, 401 for the rest.
+    Redirect,
+    /// nginx: a 401 carrying the absolute `Location` (nginx turns every 3xx into a 500).
+    Unauthorized,
+}
+
+fn reply(answer: Answer, family: Family, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    let head = method == Method::HEAD;
+    let (status, location, user, text) = match answer {
+        Answer::Allow(user) => (StatusCode::OK, None, user, "ok"),
+        Answer::SignIn(Some(url)) if family == Family::Unauthorized => {
+            (StatusCode::UNAUTHORIZED, Some(url), None, "sign in")
+        }
+        Answer::SignIn(Some(url)) if target::wants_html(headers) => {
+            let get_like = [Method::GET, Method::HEAD, Method::OPTIONS].contains(method);
+            let status = if get_like {
+                StatusCode::FOUND
+            } else {
+                StatusCode::SEE_OTHER
+            };
+            (status, Some(url), None, "sign in")
+        }
+        Answer::SignIn(_) => (StatusCode::UNAUTHORIZED, None, None, "sign in"),
+        Answer::Forbidden => (StatusCode::FORBIDDEN, None, None, "forbidden"),
+        Answer::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None, None, "unavailable"),
+    };
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("cache-control", "no-store");
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        b = b.header("location", l);
+    }
+    if let Some(u) = user {
+        match HeaderValue::from_str(&u) {
+            Ok(v) => b = b.header("remote-user", v),
+            // A name a header cannot carry is no name to grant under.
+            Err(_) => return plain(StatusCode::FORBIDDEN, "forbidden", head),
+        }
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(text)
+    };
+    b.body(body)
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error", head))
+}
+
+fn plain(status: StatusCode, text: &'static str, head: bool) -> Response<Body> {
+    let mut r = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(text)
+    });
+    *r.status_mut() = status;
+    r
+}
+
+fn bad_request(e: &BadHeader, head: bool) -> Response<Body> {
+    let mut r = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(format!("400 bad request: {e}\n"))
+    });
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+type Conn = ConnectInfo<SocketAddr>;
+
+async fn answer(
+    app: &'static App,
+    peer: SocketAddr,
+    method: Method,
+    headers: HeaderMap,
+    family: Family,
+    t: Result<Target, BadHeader>,
+) -> Response<Body> {
+    let head = method == Method::HEAD;
+    if session::oversized(&headers) {
+        return plain(
+            StatusCode::from_u16(431).unwrap_or(StatusCode::BAD_REQUEST),
+            "cookies too large",
+            head,
+        );
+    }
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => {
+            let d = Decision::deny(Event::BadInput, format!("bad request: {e}"));
+            app.metrics.decision(&d);
+            let about = About {
+                user: "",
+                ip: &peer.ip().to_string(),
+                host: "",
+                uri: "",
+                context: "authz",
+            };
+            app.log(&about, d, Instant::now());
+            return bad_request(&e, head);
+        }
+    };
+    let client = target::client(&headers, Some(peer.ip()));
+    let a = tokio::task::block_in_place(|| decide(app, &t, &headers, &client));
+    reply(a, family, &method, &headers)
+}
+
+pub async fn forward_auth(
+    State(app): State<&'static App>,
+    ConnectInfo(peer): Conn,
+    method: Method,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let t = target::forwarded(&headers);
+    answer(app, peer, method, headers, Family::Redirect, t).await
+}
+
+pub async fn auth_request(
+    State(app): State<&'static App>,
+    ConnectInfo(peer): Conn,
+    method: Method,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let t = target::original(&headers);
+    answer(app, peer, method, headers, Family::Unauthorized, t).await
+}
+
+/// Envoy's path prefix: what follows it is the original path and query.
+pub const EXT_AUTHZ: &str = "/api/authz/ext-authz";
+
+pub async fn ext_authz(
+    State(app): State<&'static App>,
+    ConnectInfo(peer): Conn,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let full = uri.path_and_query().map_or("", |p| p.as_str());
+    let rest = full.strip_prefix(EXT_AUTHZ).unwrap_or("");
+    let t = target::envoy(method.as_str(), rest, &headers);
+    answer(app, peer, method, headers, Family::Redirect, t).await
+}
+
+pub async fn verify(
+    State(app): State<&'static App>,
+    ConnectInfo(peer): Conn,
+    method: Method,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let t = target::either(&headers);
+    answer(app, peer, method, headers, Family::Redirect, t).await
+}

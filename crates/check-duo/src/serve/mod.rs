@@ -1,0 +1,241 @@
+//! `check-duo serve`: the long-running gate. One daemon answers the proxies' "may this request
+//! pass?" from the session store ([`authz`], and [`fcgi`] for Apache's `mod_authnz_fcgi`), and
+//! runs the sign-in on its own pages ([`portal`]): the password, then a push that starts at once
+//! and a waiting page that follows it. The rules are the core's; this module is HTTP around them.
+//!
+//! The core is synchronous: a session lookup runs in place on the runtime's thread
+//! (`block_in_place`, microseconds), password checks and Duo calls on the blocking pool.
+
+pub mod authz;
+pub mod fcgi;
+pub mod metrics;
+pub mod pages;
+pub mod portal;
+pub mod rules;
+pub mod session;
+pub mod settings;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use axum::Router;
+use check_duo_core::finish::{self, About};
+use check_duo_core::keys::SessionKeys;
+use check_duo_core::ports::{AuditSink, Clock, DuoApi, Store, Wait};
+use check_duo_core::{Decision, Gate};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Config;
+use metrics::{Metrics, TimedDuo, TimedStore};
+pub use settings::ServerConfig;
+
+/// Longest form body read (sign-in, passcode, logout).
+pub const MAX_BODY: usize = 16 * 1024;
+/// Longest a request may take to be answered (a slow client included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request needs, built once.
+pub struct App {
+    pub cfg: Config,
+    pub server: ServerConfig,
+    pub metrics: &'static Metrics,
+    pub store: TimedStore<'static>,
+    pub duo: TimedDuo<'static>,
+    pub clock: Box<dyn Clock>,
+    pub wait: Box<dyn Wait>,
+    pub flows: portal::Flows,
+}
+
+impl App {
+    /// The daemon's state from a config with a `server` section and its ports. Leaked: it
+    /// lives as long as the process.
+    pub fn build(
+        mut cfg: Config,
+        store: Box<dyn Store>,
+        duo: Box<dyn DuoApi>,
+        clock: Box<dyn Clock>,
+        wait: Box<dyn Wait>,
+    ) -> Result<&'static App, String> {
+        let server = cfg.server.clone().ok_or_else(|| {
+            format!(
+                "config {}: key `server`: missing (check-duo serve needs at least server.portal_url)",
+                cfg.path.display()
+            )
+        })?;
+        // The session token is the proof; the user comes from the store.
+        cfg.policy.session.bound_to_password = false;
+        if let Some(keys) = server.secrets.as_deref().and_then(SessionKeys::rotating) {
+            cfg.policy.keys = keys;
+        }
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        Ok(Box::leak(Box::new(App {
+            cfg,
+            server,
+            metrics,
+            store: TimedStore {
+                inner: store,
+                metrics,
+            },
+            duo: TimedDuo {
+                inner: duo,
+                metrics,
+            },
+            clock,
+            wait,
+            flows: portal::Flows::default(),
+        })))
+    }
+
+    pub fn gate(&self) -> Gate<'_> {
+        Gate {
+            policy: &self.cfg.policy,
+            store: &self.store,
+            duo: &self.duo,
+            clock: &*self.clock,
+            wait: &*self.wait,
+        }
+    }
+
+    /// The audit record (where configured) and the log line of a decision; the decision as it
+    /// stands after the audit.
+    pub fn log(&self, about: &About<'_>, d: Decision, started: Instant) -> Decision {
+        let sinks = self.cfg.audit.as_ref().map(crate::audit::Sinks);
+        let audit = sinks
+            .as_ref()
+            .map(|s| (s as &dyn AuditSink, self.cfg.policy.audit_required));
+        let d = finish::finish(d, audit, about, started.elapsed());
+        let line = format!("{}\n", about.record(&d, started.elapsed()));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        d
+    }
+
+    /// The routes: the authorization endpoints at the root (the proxies call the daemon
+    /// directly), the portal under the path of `portal_url`.
+    pub fn router(&'static self) -> Router {
+        let api = Router::new()
+            .route("/api/health", get(health))
+            .route("/metrics", get(metrics_page))
+            .route("/api/authz/forward-auth", any(authz::forward_auth))
+            .route("/api/authz/auth-request", any(authz::auth_request))
+            .route(authz::EXT_AUTHZ, any(authz::ext_authz))
+            .route(
+                &format!("{}/{{*rest}}", authz::EXT_AUTHZ),
+                any(authz::ext_authz),
+            )
+            .route("/api/verify", any(authz::verify));
+        let portal = portal::routes();
+        let base = self.server.portal.base.trim_end_matches('/');
+        let app = if base.is_empty() {
+            api.merge(portal)
+        } else {
+            api.nest(base, portal)
+                .route(&format!("{base}/"), get(portal::sign_in_page))
+        };
+        app.layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ))
+            .with_state(self)
+    }
+}
+
+async fn health(
+    axum::extract::State(app): axum::extract::State<&'static App>,
+) -> (axum::http::StatusCode, &'static str) {
+    let now = app.clock.unix();
+    match tokio::task::block_in_place(|| app.store.count("health", now)) {
+        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "session store unavailable\n",
+        ),
+    }
+}
+
+async fn metrics_page(
+    axum::extract::State(app): axum::extract::State<&'static App>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+/// Run the daemon until SIGTERM or SIGINT; an error says why it could not start.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let store = check_duo_store::open(&cfg.cache).map_err(|e| format!("session store: {e}"))?;
+    let duo_cfg: &'static crate::config::DuoConfig = Box::leak(Box::new(cfg.duo.clone()));
+    let app = App::build(
+        cfg,
+        store,
+        Box::new(crate::duo::LazyDuo::new(duo_cfg)),
+        Box::new(crate::system::SystemClock),
+        Box::new(crate::system::Sleep),
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("check-duo")
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(serve(app))
+}
+
+async fn serve(app: &'static App) -> Result<(), String> {
+    let listen = app.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("server.listen {listen}: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = app.server.fastcgi_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("server.fastcgi_listen {addr}: {e}"))?;
+        tokio::spawn(fcgi::serve(app, l, stop_rx.clone()));
+        eprintln!("check-duo: serve: FastCGI authorizer on {addr}");
+    }
+    tokio::spawn(portal::sweep(app, stop_rx.clone()));
+    eprintln!(
+        "check-duo: serve: listening on http://{listen}, portal {}",
+        app.server.portal.url
+    );
+    let mut stop = stop_rx.clone();
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        signal().await;
+        eprintln!("check-duo: serve: stopping");
+        let _ = stop_tx.send(true);
+    });
+    axum::serve(
+        listener,
+        app.router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| format!("server: {e}"))
+}
+
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
