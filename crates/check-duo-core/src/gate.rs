@@ -262,7 +262,7 @@ impl<'a> Gate<'a> {
         let Some(id) = s.session.clone().filter(|_| self.caching()) else {
             // Nothing cached (expiry 0, or no session): the second factor on every request.
             let id = s.session.clone().unwrap_or_default();
-            return self.second_factor(&s, &id, &requested, None, deadline_ms);
+            return self.second_factor(s, &id, &requested, None, deadline_ms);
         };
 
         // One push per session: the first request takes the lock and asks Duo; concurrent
@@ -301,12 +301,12 @@ impl<'a> Gate<'a> {
             Err(e) => return store_error(e),
         };
         // A request that held the lock may have stored its approval after our first look.
-        if let Ok(Some(_)) = self.approved_here(&id, &s, now) {
+        if let Ok(Some(_)) = self.approved_here(&id, s, now) {
             let _ = self.store.unlock(&keys::session_lock(&id), &lock);
             return Decision::grant(Event::ConcurrentApproval, CONCURRENT_APPROVAL)
                 .for_user(&req.user);
         }
-        self.second_factor(&s, &id, &requested, Some(lock), deadline_ms)
+        self.second_factor(s, &id, &requested, Some(lock), deadline_ms)
     }
 
     /// Pick up a pending second factor: ask Duo (or the store) once more.

@@ -128,7 +128,15 @@ enum Family {
     Unauthorized,
 }
 
-fn reply(answer: Answer, family: Family, method: &Method, headers: &HeaderMap) -> Response<Body> {
+/// `method` is the request's own (HEAD gets no body); `original` the original request's, which
+/// picks 302 or 303.
+fn reply(
+    answer: Answer,
+    family: Family,
+    method: &Method,
+    original: &str,
+    headers: &HeaderMap,
+) -> Response<Body> {
     let head = method == Method::HEAD;
     let (status, location, user, text) = match answer {
         Answer::Allow(user) => (StatusCode::OK, None, user, "ok"),
@@ -136,7 +144,7 @@ fn reply(answer: Answer, family: Family, method: &Method, headers: &HeaderMap) -
             (StatusCode::UNAUTHORIZED, Some(url), None, "sign in")
         }
         Answer::SignIn(Some(url)) if target::wants_html(headers) => {
-            let get_like = [Method::GET, Method::HEAD, Method::OPTIONS].contains(method);
+            let get_like = ["GET", "HEAD", "OPTIONS"].contains(&original);
             let status = if get_like {
                 StatusCode::FOUND
             } else {
@@ -227,7 +235,7 @@ async fn answer(
     };
     let client = target::client(&headers, Some(peer.ip()));
     let a = tokio::task::block_in_place(|| decide(app, &t, &headers, &client));
-    reply(a, family, &method, &headers)
+    reply(a, family, &method, &t.method, &headers)
 }
 
 pub async fn forward_auth(

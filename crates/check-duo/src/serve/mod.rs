@@ -170,6 +170,12 @@ async fn metrics_page(
 
 /// Run the daemon until SIGTERM or SIGINT; an error says why it could not start.
 pub fn run(cfg: Config) -> Result<(), String> {
+    if cfg.server.is_none() {
+        return Err(format!(
+            "config {}: key `server`: missing (check-duo serve needs at least server.portal_url)",
+            cfg.path.display()
+        ));
+    }
     let store = check_duo_store::open(&cfg.cache).map_err(|e| format!("session store: {e}"))?;
     let duo_cfg: &'static crate::config::DuoConfig = Box::leak(Box::new(cfg.duo.clone()));
     let app = App::build(

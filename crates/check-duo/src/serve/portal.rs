@@ -137,7 +137,7 @@ fn link(app: &App, page: &str) -> String {
 }
 
 /// The CSRF token of this browser, and the cookie to set when it is new.
-fn csrf(app: &App, headers: &HeaderMap) -> Result<(String, Option<String>), Response> {
+fn csrf(app: &App, headers: &HeaderMap) -> Result<(String, Option<String>), String> {
     let secure = !portal(app).insecure_loopback();
     let name = CookieStyle {
         secure,
@@ -149,7 +149,7 @@ fn csrf(app: &App, headers: &HeaderMap) -> Result<(String, Option<String>), Resp
             return Ok((t.expose().to_string(), None));
         }
     }
-    let t = session::new_token().map_err(|e| failure(app, &e))?;
+    let t = session::new_token()?;
     let c = CookieStyle::set_csrf(&t, secure);
     Ok((t, Some(c)))
 }
@@ -240,7 +240,7 @@ pub async fn sign_in_page(
     }
     let (token, set) = match csrf(app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return failure(app, &e),
     };
     let mut page = form_page(app, &token, target.as_ref().map(|t| t.0.as_str()), "", None);
     if let Some(c) = set {
@@ -480,13 +480,11 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [("location", to.to_string())]).into_response()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T
-where
-    T: From<Decision>,
-{
+/// A decision on the blocking pool (password hashes, Duo calls).
+async fn blocking(f: impl FnOnce() -> Decision + Send + 'static) -> Decision {
     match tokio::task::spawn_blocking(f).await {
-        Ok(t) => t,
-        Err(_) => T::from(Decision::deny(Event::ConfigError, "the decision failed")),
+        Ok(d) => d,
+        Err(_) => Decision::deny(Event::ConfigError, "the decision failed"),
     }
 }
 
@@ -610,7 +608,7 @@ pub async fn wait_page(State(app): State<&'static App>, headers: HeaderMap) -> R
     };
     let (csrf, set) = match csrf(app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return failure(app, &e),
     };
     let mut page = match &status {
         Status::Granted { token } => {
@@ -867,7 +865,7 @@ pub async fn logout_page(State(app): State<&'static App>, headers: HeaderMap) ->
     }
     let (csrf, set) = match csrf(app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return failure(app, &e),
     };
     let mut p = Page::new(
         "Sign out",

@@ -1,0 +1,797 @@
+//! `check-duo serve`, the real binary, over HTTP and FastCGI-free paths: the authorization
+//! endpoints' contract (REFERENCE §7), the portal's sign-in with every outcome, logout, the
+//! access rules, open redirects, hostile input, metrics and a clean stop on SIGTERM. Both
+//! stores. The proxies and the browser are in `serve_proxies.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duo_sim::{Behaviours, PreauthKind, PushKind, SimHandle, UserBehaviour};
+use serde_json::{json, Value};
+
+use support::process::{free_port, wait_for_port, wait_until, ChildGuard};
+use support::world::{start_sim, Backend};
+
+const IKEY: &str = "DIXYZV6YM8IFYVWBINCA";
+const SKEY: &str = "yWHSMhWucAcp7qvuH3HWTaSaKABs8Gaddiv1NIRo";
+const PASSWORD: &str = "pw-serve";
+const APP: &str = "http://127.0.0.1:8080";
+
+fn behaviours() -> Behaviours {
+    Behaviours::default()
+        .with_user("alice", UserBehaviour::push(PushKind::Manual))
+        .with_user("bob", UserBehaviour::push(PushKind::Deny))
+        .with_user("carol", UserBehaviour::push(PushKind::Timeout))
+        .with_user("frank", UserBehaviour::preauth(PreauthKind::Enroll))
+        .with_user(
+            "kate",
+            UserBehaviour {
+                passcodes: vec!["123456".into()],
+                ..Default::default()
+            },
+        )
+}
+
+/// One reply, whatever its status.
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, Vec<String>>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    fn cookies(&self) -> Vec<&str> {
+        self.headers
+            .get("set-cookie")
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    port: u16,
+    child: ChildGuard,
+    agent: ureq::Agent,
+    _redis: Option<support::redis::Redis>,
+}
+
+impl Daemon {
+    fn start(backend: Backend, tweak: impl FnOnce(&mut Value)) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+        let port = free_port();
+        let (cache, redis) = backend.cache(dir.path(), "cd:");
+        let users: serde_json::Map<String, Value> = ["alice", "bob", "carol", "frank", "kate"]
+            .iter()
+            .map(|u| (u.to_string(), json!(support::world::argon2_hash(PASSWORD))))
+            .collect();
+        let mut cfg = json!({
+            "usernames": users,
+            "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
+                    "push_timeout": 4, "call_timeout": 5},
+            "cache": cache,
+            "session": {"expiry": 3600},
+            "limits": {"pair_failures": 3},
+            "server": {"listen": format!("127.0.0.1:{port}"),
+                       "portal_url": format!("http://127.0.0.1:{port}/")}
+        });
+        tweak(&mut cfg);
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut child = ChildGuard::new("check-duo serve", child);
+        wait_for_port(port, Duration::from_secs(20), &mut child).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}",
+                std::fs::read_to_string(dir.path().join("serve.log")).unwrap()
+            )
+        });
+        let agent = ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout(Duration::from_secs(20))
+            .build();
+        Daemon {
+            dir,
+            sim,
+            port,
+            child,
+            agent,
+            _redis: redis,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Reply {
+        let mut req = self.agent.request(method, &self.url(path));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match form {
+            Some(f) => req.send_form(f),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in resp.headers_names() {
+            let values = resp.all(&name).iter().map(|s| s.to_string()).collect();
+            map.insert(name.to_ascii_lowercase(), values);
+        }
+        let mut body = String::new();
+        resp.into_reader()
+            .take(1 << 20)
+            .read_to_string(&mut body)
+            .unwrap();
+        Reply {
+            status,
+            headers: map,
+            body,
+        }
+    }
+
+    /// What nginx sends for `target` with `cookie`.
+    fn auth_request(&self, target: &str, cookie: &str) -> Reply {
+        self.send(
+            "GET",
+            "/api/authz/auth-request",
+            &[
+                ("X-Original-URL", target),
+                ("X-Original-Method", "GET"),
+                ("Cookie", cookie),
+            ],
+            None,
+        )
+    }
+}
+
+/// A browser's cookie jar and the portal flow, over plain HTTP.
+struct Browser<'d> {
+    d: &'d Daemon,
+    jar: BTreeMap<String, String>,
+}
+
+impl<'d> Browser<'d> {
+    fn new(d: &'d Daemon) -> Self {
+        Browser {
+            d,
+            jar: BTreeMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn take_cookies(&mut self, r: &Reply) {
+        for c in r.cookies() {
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(k.trim());
+            } else {
+                self.jar.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Reply {
+        let c = self.cookie_header();
+        let r = self.d.send(
+            "GET",
+            path,
+            &[("Cookie", &c), ("Accept", "text/html")],
+            None,
+        );
+        self.take_cookies(&r);
+        r
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
+        let c = self.cookie_header();
+        let r = self.d.send("POST", path, &[("Cookie", &c)], Some(form));
+        self.take_cookies(&r);
+        r
+    }
+
+    fn csrf(&self) -> String {
+        self.jar
+            .get("check-duo-csrf")
+            .cloned()
+            .expect("a CSRF cookie")
+    }
+
+    /// GET the form, POST the password: the reply of the POST.
+    fn sign_in(&mut self, user: &str, password: &str, extra: &[(&str, &str)]) -> Reply {
+        let rd = format!("{APP}/private/");
+        let page = self.get(&format!(
+            "/?rd={}",
+            rd.replace(':', "%3A").replace('/', "%2F")
+        ));
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains(r#"name="csrf""#));
+        let csrf = self.csrf();
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", password),
+            ("rd", rd.as_str()),
+        ];
+        form.extend_from_slice(extra);
+        self.post("/", &form)
+    }
+
+    /// Poll the flow until it leaves `waiting`; the waiting page then.
+    fn settle(&mut self) -> Reply {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let c = self.cookie_header();
+                let r = self.d.send("GET", "/api/flow", &[("Cookie", &c)], None);
+                !r.body.contains("waiting")
+            }),
+            "the sign-in never left waiting"
+        );
+        self.get("/wait")
+    }
+
+    fn session(&self) -> Option<String> {
+        self.jar.get("check-duo").map(|t| format!("check-duo={t}"))
+    }
+}
+
+fn backends(test: &str) -> Vec<Backend> {
+    [Backend::Embedded, Backend::Redis]
+        .into_iter()
+        .filter(|b| b.available(test))
+        .collect()
+}
+
+/// The whole sign-in of alice: form, push, approval.
+fn signed_in(d: &Daemon) -> Browser<'_> {
+    let mut b = Browser::new(d);
+    let r = b.sign_in("alice", PASSWORD, &[("factor", "push")]);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/wait")),
+        "{}",
+        r.body
+    );
+    let waiting = b.get("/wait");
+    assert!(waiting.body.contains("Push sent to"), "{}", waiting.body);
+    assert!(
+        waiting.body.contains(r#"http-equiv="refresh""#),
+        "a refresh without JavaScript"
+    );
+    let push = d
+        .sim
+        .wait_for_pending(Duration::from_secs(10))
+        .expect("a push");
+    assert!(d.sim.approve(&push.txid));
+    let done = b.settle();
+    assert!(done.body.contains("You are signed in"), "{}", done.body);
+    assert!(
+        done.body.contains(&format!("url={APP}/private/")),
+        "back to the target: {}",
+        done.body
+    );
+    assert!(b.session().is_some(), "the session cookie is set");
+    b
+}
+
+#[test]
+fn the_authz_endpoints_speak_authelias_contract() {
+    for backend in backends("the_authz_endpoints_speak_authelias_contract") {
+        let d = Daemon::start(backend, |_| {});
+        let target = format!("{APP}/private/x?a=1");
+        // nginx: a 401 with an absolute Location.
+        let r = d.auth_request(&target, "");
+        assert_eq!(r.status, 401);
+        let loc = r.header("location").unwrap();
+        assert!(
+            loc.starts_with(&d.url("/?rd=http%3A%2F%2F127.0.0.1%3A8080%2Fprivate%2Fx%3Fa%3D1")),
+            "{loc}"
+        );
+        assert!(loc.ends_with("&rm=GET"));
+        // Traefik/Caddy: a redirect for a browser, 303 for a POST, 401 for XHR and APIs.
+        let fwd = |method: &str, accept: &str, xhr: bool, verb: &str| {
+            let mut h = vec![
+                ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-Host", "127.0.0.1:8080"),
+                ("X-Forwarded-Uri", "/private/"),
+                ("X-Forwarded-Method", method),
+                ("Accept", accept),
+            ];
+            if xhr {
+                h.push(("X-Requested-With", "XMLHttpRequest"));
+            }
+            d.send(verb, "/api/authz/forward-auth", &h, None)
+        };
+        assert_eq!(fwd("GET", "text/html", false, "GET").status, 302);
+        assert_eq!(fwd("POST", "text/html", false, "GET").status, 303);
+        assert_eq!(fwd("GET", "text/html", true, "GET").status, 401);
+        assert_eq!(fwd("GET", "application/json", false, "GET").status, 401);
+        // HAProxy asks with HEAD: no body.
+        let head = fwd("GET", "text/html", false, "HEAD");
+        assert_eq!((head.status, head.body.as_str()), (302, ""));
+        // Envoy: the original path after the prefix, the host from Host.
+        let r = d.send(
+            "GET",
+            "/api/authz/ext-authz/private/y?z=1",
+            &[
+                ("Host", "127.0.0.1:8080"),
+                ("X-Forwarded-Proto", "http"),
+                ("Accept", "text/html"),
+            ],
+            None,
+        );
+        assert_eq!(r.status, 302);
+        assert!(r
+            .header("location")
+            .unwrap()
+            .contains("rd=http%3A%2F%2F127.0.0.1%3A8080%2Fprivate%2Fy%3Fz%3D1"));
+
+        // Signed in: 200 with Remote-User, on every endpoint, without a Duo call.
+        let b = signed_in(&d);
+        let cookie = b.session().unwrap();
+        let calls = d.sim.counters();
+        let r = d.auth_request(&target, &cookie);
+        assert_eq!((r.status, r.header("remote-user")), (200, Some("alice")));
+        let r = d.send(
+            "GET",
+            "/api/authz/forward-auth",
+            &[
+                ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-Host", "127.0.0.1:8080"),
+                ("X-Forwarded-Uri", "/private/"),
+                ("X-Forwarded-Method", "GET"),
+                ("Cookie", &cookie),
+            ],
+            None,
+        );
+        assert_eq!((r.status, r.header("remote-user")), (200, Some("alice")));
+        let r = d.send(
+            "POST",
+            "/api/authz/ext-authz/private/",
+            &[
+                ("Host", "127.0.0.1:8080"),
+                ("X-Forwarded-Proto", "http"),
+                ("Cookie", &cookie),
+            ],
+            None,
+        );
+        assert_eq!((r.status, r.header("remote-user")), (200, Some("alice")));
+        for _ in 0..20 {
+            assert_eq!(
+                d.auth_request(&format!("{APP}/private/asset.css"), &cookie)
+                    .status,
+                200
+            );
+        }
+        assert_eq!(d.sim.counters(), calls, "no Duo call after the sign-in");
+        // A forged or foreign cookie is nobody.
+        assert_eq!(
+            d.auth_request(&target, "check-duo=forged-token-value")
+                .status,
+            401
+        );
+    }
+}
+
+#[test]
+fn missing_or_malformed_forwarded_headers_are_a_400_naming_the_header() {
+    let d = Daemon::start(Backend::Embedded, |_| {});
+    let good = [
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "127.0.0.1:8080"),
+        ("X-Forwarded-Uri", "/private/"),
+        ("X-Forwarded-Method", "GET"),
+    ];
+    for (name, bad) in [
+        ("X-Forwarded-Proto", "gopher"),
+        ("X-Forwarded-Host", "a b"),
+        ("X-Forwarded-Uri", "http://elsewhere/"),
+        ("X-Forwarded-Method", "get"),
+    ] {
+        let with_bad: Vec<_> = good
+            .iter()
+            .map(|(k, v)| (*k, if *k == name { bad } else { v }))
+            .collect();
+        let r = d.send("GET", "/api/authz/forward-auth", &with_bad, None);
+        assert_eq!(r.status, 400, "{name}: {bad}");
+        assert!(r.body.contains(name), "{name}: {}", r.body);
+        let without: Vec<_> = good.iter().copied().filter(|(k, _)| *k != name).collect();
+        let r = d.send("GET", "/api/authz/forward-auth", &without, None);
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains(&format!("{name}: missing")), "{}", r.body);
+    }
+    let r = d.send(
+        "GET",
+        "/api/authz/auth-request",
+        &[("X-Original-URL", "/relative")],
+        None,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("X-Original-URL"));
+    // A host outside the portal's domain is not this gate's to let in.
+    let r = d.auth_request("http://elsewhere.example:8080/", "");
+    assert_eq!(r.status, 403);
+    // Oversized cookies: refused, not read.
+    let big = format!("check-duo={}", "x".repeat(20_000));
+    let r = d.auth_request(&format!("{APP}/"), &big);
+    assert_eq!(r.status, 431);
+    assert!(d.log().contains("event=bad_input"), "every deny is logged");
+}
+
+#[test]
+fn wrong_passwords_send_no_push_and_say_so() {
+    for backend in backends("wrong_passwords_send_no_push_and_say_so") {
+        let d = Daemon::start(backend, |_| {});
+        let mut b = Browser::new(&d);
+        let r = b.sign_in("alice", "WRONG-pw-9f3", &[]);
+        assert_eq!(r.status, 401);
+        assert!(
+            r.body
+                .contains("Wrong user name or password. No push was sent."),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains(r#"value="alice""#), "the user name is kept");
+        assert!(!r.body.contains("WRONG-pw-9f3"), "the password is not");
+        let r = b.sign_in("nobody", "WRONG-pw-9f3", &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(d.sim.counters().auth, 0, "no push");
+        // pair_failures 3: the fourth is refused without a check, with when it ends.
+        assert_eq!(b.sign_in("alice", "WRONG-pw-9f3", &[]).status, 401);
+        assert_eq!(b.sign_in("alice", "WRONG-pw-9f3", &[]).status, 401);
+        let r = b.sign_in("alice", "WRONG-pw-9f3", &[]);
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.body.contains("locked for up to"), "{}", r.body);
+        assert!(!d.log().contains("WRONG-pw-9f3"), "no password in the log");
+    }
+}
+
+#[test]
+fn denied_timed_out_and_unenrolled_sign_ins_have_their_messages() {
+    let d = Daemon::start(Backend::Embedded, |_| {});
+    for (user, message) in [
+        ("bob", "The push was denied on your phone."),
+        ("carol", "Nobody answered the push in time."),
+        ("frank", "Your account is not enrolled in Duo."),
+    ] {
+        let mut b = Browser::new(&d);
+        let r = b.sign_in(user, PASSWORD, &[]);
+        assert_eq!(r.status, 303, "{user}: {}", r.body);
+        let page = b.settle();
+        assert!(page.body.contains(message), "{user}: {}", page.body);
+        assert!(
+            page.body.contains("Send a push") && page.body.contains("Call me"),
+            "{user}: what next"
+        );
+        assert!(b.session().is_none(), "{user}: no session");
+    }
+    // Duo's enrollment link is offered.
+    let mut b = Browser::new(&d);
+    b.sign_in("frank", PASSWORD, &[]);
+    assert!(b.settle().body.contains("Enroll in Duo"));
+}
+
+#[test]
+fn a_passcode_signs_in_without_a_push_and_a_failed_push_can_be_followed_by_one() {
+    let d = Daemon::start(Backend::Embedded, |cfg| {
+        // No cool-down after bob's denied push, so that another may follow at once.
+        cfg["limits"]["push_cooldown"] = json!(0);
+    });
+    let mut b = Browser::new(&d);
+    let r = b.sign_in(
+        "kate",
+        PASSWORD,
+        &[("factor", "passcode"), ("passcode", "123456")],
+    );
+    assert_eq!(r.status, 303);
+    let page = b.settle();
+    assert!(page.body.contains("You are signed in"), "{}", page.body);
+    assert!(
+        d.sim.pushes().iter().all(|p| p.factor == "passcode"),
+        "no push: {:?}",
+        d.sim.pushes()
+    );
+    let cookie = b.session().unwrap();
+    assert_eq!(
+        d.auth_request(&format!("{APP}/"), &cookie)
+            .header("remote-user"),
+        Some("kate")
+    );
+
+    // bob's push is denied; then a wrong passcode, then a push again (denied again).
+    let mut b = Browser::new(&d);
+    b.sign_in("bob", PASSWORD, &[]);
+    assert!(b.settle().body.contains("denied"));
+    let csrf = b.csrf();
+    let r = b.post(
+        "/wait",
+        &[
+            ("csrf", &csrf),
+            ("action", "passcode"),
+            ("passcode", "000000"),
+        ],
+    );
+    assert_eq!(r.status, 303);
+    assert!(b.settle().body.contains("That passcode was not accepted."));
+    let r = b.post("/wait", &[("csrf", &csrf), ("action", "push")]);
+    assert_eq!(r.status, 303);
+    let page = b.settle();
+    assert!(page.body.contains("denied"), "{}", page.body);
+    assert!(b.session().is_none());
+    // Without the CSRF token nothing starts.
+    let before = d.sim.counters();
+    let r = b.post("/wait", &[("csrf", "forged"), ("action", "push")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(d.sim.counters(), before);
+}
+
+#[test]
+fn sign_in_needs_the_csrf_token_and_refuses_open_redirects() {
+    let d = Daemon::start(Backend::Embedded, |_| {});
+    let mut b = Browser::new(&d);
+    b.get("/");
+    let r = b.post(
+        "/",
+        &[
+            ("csrf", "forged"),
+            ("username", "alice"),
+            ("password", PASSWORD),
+        ],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(d.sim.counters().preauth, 0);
+    for rd in [
+        "https://evil.example/",
+        "http://127.0.0.1.evil.example/",
+        "javascript:alert(1)",
+        "http://user@127.0.0.1/",
+        "//evil.example/",
+    ] {
+        let q: String = url_encode(rd);
+        let r = b.get(&format!("/?rd={q}"));
+        assert_eq!(r.status, 400, "{rd}");
+        let csrf = b.csrf();
+        let r = b.post(
+            "/",
+            &[
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", PASSWORD),
+                ("rd", rd),
+            ],
+        );
+        assert_eq!(r.status, 400, "{rd}");
+    }
+    // The portal's own host on another port is fine.
+    assert_eq!(
+        b.get(&format!("/?rd={}", url_encode("http://127.0.0.1:9999/x")))
+            .status,
+        200
+    );
+    assert_eq!(d.sim.counters().preauth, 0);
+    // Strict CSP, no external asset.
+    let r = b.get("/");
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(
+        !r.body.contains("http://") && !r.body.contains("https://"),
+        "no external asset"
+    );
+    assert!(
+        r.body.contains(r#"<label for="username">"#)
+            && r.body.contains(r#"<label for="password">"#)
+    );
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn logout_ends_the_session_on_the_server() {
+    for backend in backends("logout_ends_the_session_on_the_server") {
+        let d = Daemon::start(backend, |_| {});
+        let mut b = signed_in(&d);
+        let cookie = b.session().unwrap();
+        let confirm = b.get("/logout");
+        assert_eq!(confirm.status, 200);
+        assert!(confirm.body.contains(r#"method="post""#), "GET only asks");
+        assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 200);
+        let csrf = b.csrf();
+        let r = b.post("/logout", &[("csrf", &csrf)]);
+        assert!(r.body.contains("You are signed out."), "{}", r.body);
+        assert!(b.session().is_none(), "the cookie is cleared");
+        assert_eq!(
+            d.auth_request(&format!("{APP}/"), &cookie).status,
+            401,
+            "and the old one is dead"
+        );
+    }
+}
+
+#[test]
+fn access_rules_bypass_deny_and_no_push_paths() {
+    let d = Daemon::start(Backend::Embedded, |cfg| {
+        cfg["server"]["rules"] = json!([
+            {"path": "/public/*", "methods": ["GET", "HEAD"], "policy": "bypass"},
+            {"path": "/admin/*", "policy": "deny"}
+        ]);
+        cfg["limits"]["no_push_paths"] = json!(["/api/poll*"]);
+    });
+    let r = d.auth_request(&format!("{APP}/public/logo.png"), "");
+    assert_eq!((r.status, r.header("remote-user")), (200, None));
+    assert_eq!(d.auth_request(&format!("{APP}/admin/x"), "").status, 403);
+    let r = d.auth_request(&format!("{APP}/api/poll?x"), "");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (401, None),
+        "no way in from a background poll"
+    );
+    let b = signed_in(&d);
+    let cookie = b.session().unwrap();
+    assert_eq!(
+        d.auth_request(&format!("{APP}/admin/x"), &cookie).status,
+        403,
+        "deny beats a session"
+    );
+    assert_eq!(
+        d.auth_request(&format!("{APP}/api/poll"), &cookie).status,
+        200
+    );
+}
+
+#[test]
+fn a_shorter_expiry_in_a_restarted_daemon_ends_old_sessions_and_rotated_secrets_keep_them() {
+    let dir_cfg = |cfg: &mut Value| {
+        cfg["server"]["secrets"] = json!(["first-secret-0123456789"]);
+    };
+    let d = Daemon::start(Backend::Embedded, dir_cfg);
+    let b = signed_in(&d);
+    let cookie = b.session().unwrap();
+    let config = d.dir.path().join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let port = d.port;
+    let restart = |d: &mut Daemon, cfg: &Value| {
+        d.child.stop(Duration::from_secs(5));
+        std::fs::write(&config, serde_json::to_vec(cfg).unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        d.child = ChildGuard::new("check-duo serve", child);
+        wait_for_port(port, Duration::from_secs(20), &mut d.child).unwrap();
+    };
+    let mut d = d;
+    // The secret rotated: new first, old second. The session holds.
+    cfg["server"]["secrets"] = json!(["second-secret-0123456789", "first-secret-0123456789"]);
+    restart(&mut d, &cfg);
+    assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 200);
+    // The old secret dropped: the session was moved to the new key on use, so it still holds.
+    cfg["server"]["secrets"] = json!(["second-secret-0123456789"]);
+    restart(&mut d, &cfg);
+    assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 200);
+    // An expiry shorter than the session's age ends it.
+    std::thread::sleep(Duration::from_millis(1100));
+    cfg["session"]["expiry"] = json!(1);
+    restart(&mut d, &cfg);
+    assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 401);
+}
+
+#[test]
+fn health_metrics_and_a_clean_stop() {
+    let mut d = Daemon::start(Backend::Embedded, |_| {});
+    let r = d.send("GET", "/api/health", &[], None);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    d.auth_request(&format!("{APP}/"), "");
+    let _b = signed_in(&d);
+    let m = d.send("GET", "/metrics", &[], None).body;
+    for needle in [
+        "check_duo_decisions_total{event=\"no_cookie\",outcome=\"deny\"}",
+        "check_duo_decisions_total{event=\"push_approved\",outcome=\"grant\"}",
+        "check_duo_duo_call_seconds_count{call=\"preauth\"} 1",
+        "check_duo_duo_call_seconds_count{call=\"auth_status\"}",
+        "check_duo_store_seconds_count{op=\"get\"}",
+        "check_duo_pending_pushes 0",
+    ] {
+        assert!(m.contains(needle), "{needle} in\n{m}");
+    }
+    // SIGTERM: a clean exit, promptly.
+    let pid = d.child.id();
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || d
+        .child
+        .exited()
+        .is_some()));
+    assert!(d.child.exited().unwrap().success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(d.log().contains("serve: stopping"));
+}
+
+#[test]
+fn a_config_without_a_server_section_or_portal_url_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (server, key) in [
+        (None, "server"),
+        (Some(json!({"listen": "127.0.0.1:1"})), "server.portal_url"),
+    ] {
+        let mut cfg = json!({"username": "a", "password": "b",
+                             "duo": {"ikey": IKEY, "skey": SKEY, "host": "127.0.0.1:1"}});
+        if let Some(s) = server {
+            cfg["server"] = s;
+        }
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("key `{key}`")) && err.contains("c.json"),
+            "{err}"
+        );
+    }
+}
