@@ -10,10 +10,13 @@ CHECK_DUO_DEMO_PACKAGES=(apache2 apache2-utils libapache2-mod-authnz-external)
 
 # What the tests run besides: the Redis store (and Sentinel, for the failover test), the browser
 # of the end-to-end tests, TLS roots, sudo (the drop-in wrapper's test runs it), GNU time (peak
-# memory in the benches and the fault tests) and wrk (the load of the fault tests).
+# memory in the benches and the fault tests), wrk (the load of the fault tests), lintian (the
+# package test fails on any lintian error or warning) and systemd (its systemd-analyze verifies
+# check-duo-serve.service in the package test; the unit is not started).
 CHECK_DUO_PACKAGES=(
   "${CHECK_DUO_DEMO_PACKAGES[@]}"
   redis-server redis-sentinel chromium chromium-driver ca-certificates sudo time wrk
+  lintian systemd
 )
 
 # The services Debian starts when those packages are installed, where it can. Every test starts

@@ -30,6 +30,8 @@ const BIN: &str = "/usr/bin/check-duo";
 const CONFIG: &str = "/etc/check-duo/config.json";
 const AUDIT: &str = "/var/log/check-duo/audit.jsonl";
 const STORE: &str = "/var/lib/check-duo/sessions.db";
+const SERVE_UNIT: &str = "/usr/lib/systemd/system/check-duo-serve.service";
+const SYSTEMD_ANALYZE: &str = "/usr/bin/systemd-analyze";
 const IKEY: &str = "DIPACKAGETESTXXXXXXX";
 const SKEY: &str = "packageTestSecretKeyForTheSimulatorOnly0";
 const USER: &str = "alice";
@@ -75,6 +77,7 @@ fn installed_package() {
         return;
     }
     files_and_modes();
+    serve_unit();
     let template = fs::read(CONFIG).unwrap();
     // The shipped template has no user: config check must say so and fail.
     let (code, out, _) = run(Command::new(BIN).args(["config", "check", "-c", CONFIG]));
@@ -167,6 +170,78 @@ fn files_and_modes() {
         run(Command::new("runuser").args(["-u", "nobody", "--", BIN, "sessions", "list"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("do not run with the setgid group"), "{err}");
+}
+
+/// check-duo-serve.service: installed, neither enabled nor started, for its own user with the
+/// group check-duo, and accepted by `systemd-analyze verify` where that can run.
+fn serve_unit() {
+    assert_eq!(stat(SERVE_UNIT), (0o644, 0, 0), "{SERVE_UNIT}");
+    let unit = fs::read_to_string(SERVE_UNIT).unwrap();
+    for line in [
+        "ExecStart=/usr/bin/check-duo serve -c /etc/check-duo/config.json",
+        "User=check-duo-serve",
+        "Group=check-duo",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/check-duo /var/log/check-duo",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{SERVE_UNIT} lacks {line}");
+    }
+    // The administrator enables it once `server.portal_url` is set: the package does not.
+    for wants in [
+        "/etc/systemd/system/multi-user.target.wants/check-duo-serve.service",
+        "/run/systemd/system/check-duo-serve.service",
+    ] {
+        assert!(
+            fs::symlink_metadata(wants).is_err(),
+            "the package enabled or started check-duo-serve: {wants}"
+        );
+    }
+    // Its user: a system user without a login, group check-duo.
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    let user: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"check-duo-serve"))
+        .expect("no user check-duo-serve");
+    assert_eq!(
+        user[3].parse::<u32>().unwrap(),
+        gid_of("check-duo"),
+        "{user:?}"
+    );
+    assert!(user[2].parse::<u32>().unwrap() < 1000, "{user:?}");
+    assert_eq!(user[6], "/usr/sbin/nologin", "{user:?}");
+
+    if !Path::new(SYSTEMD_ANALYZE).exists() {
+        eprintln!(
+            "SKIPPED systemd-analyze verify {SERVE_UNIT}: {SYSTEMD_ANALYZE} is not installed"
+        );
+        return;
+    }
+    // Whether systemd-analyze can run here at all (some containers forbid what it needs): a
+    // trivial unit must pass first.
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("check-duo-probe.service");
+    fs::write(
+        &probe,
+        "[Unit]\nDescription=probe\n[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(Command::new(SYSTEMD_ANALYZE).arg("verify").arg(&probe));
+    if code != 0 {
+        eprintln!(
+            "SKIPPED systemd-analyze verify {SERVE_UNIT}: systemd-analyze cannot run here \
+             (a trivial unit fails with {code}: {out}{err})"
+        );
+        return;
+    }
+    let (code, out, err) = run(Command::new(SYSTEMD_ANALYZE).args(["verify", SERVE_UNIT]));
+    assert_eq!(code, 0, "systemd-analyze verify {SERVE_UNIT}: {out}{err}");
+    assert!(
+        out.is_empty() && err.is_empty(),
+        "systemd-analyze verify: {out}{err}"
+    );
 }
 
 fn hash_with_installed_binary(password: &str) -> String {
