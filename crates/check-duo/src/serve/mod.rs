@@ -16,7 +16,6 @@ pub mod session;
 pub mod settings;
 pub mod target;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
@@ -211,23 +210,64 @@ async fn serve(app: &'static App) -> Result<(), String> {
         "check-duo: serve: listening on http://{listen}, portal {}",
         app.server.portal.url
     );
-    let mut stop = stop_rx.clone();
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     tokio::spawn(async move {
         signal().await;
         eprintln!("check-duo: serve: stopping");
         let _ = stop_tx.send(true);
     });
-    axum::serve(
-        listener,
-        app.router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|e| format!("server: {e}"))
+    http(app, listener, stop_rx).await;
+    Ok(())
+}
+
+/// Longest a client may take to send a request's headers (slow clients are cut off).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read buffer, which bounds a request's headers (hyper's least).
+const MAX_HEADERS_BYTES: usize = 32 * 1024;
+
+/// Serve HTTP/1.1 until stopped, then let the requests in progress finish.
+async fn http(
+    app: &'static App,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let router = app.router();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conn = hyper::server::conn::http1::Builder::new();
+    conn.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADERS_BYTES);
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                // Out of file descriptors and the like: wait a little, keep serving.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = router
+            .clone()
+            .map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                r.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                r.map(axum::body::Body::new)
+            });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let c = conn.serve_connection(TokioIo::new(stream), svc);
+        let c = graceful.watch(c);
+        tokio::spawn(async move {
+            let _ = c.await;
+        });
+    }
+    // Requests in progress get their answer; then the process ends.
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown()).await;
 }
 
 async fn signal() {
