@@ -7,6 +7,8 @@
 # What the demo runs: Apache with the authenticator module, and htpasswd (the demo hashes its
 # password with it).
 CHECK_DUO_DEMO_PACKAGES=(apache2 apache2-utils libapache2-mod-authnz-external)
+# What `./scripts/demo serve` needs: nginx, and htpasswd for the demo user's hash.
+CHECK_DUO_DEMO_SERVE_PACKAGES=(nginx apache2-utils)
 
 # What the tests run besides: the Redis store (and Sentinel, for the failover test), the browser
 # of the end-to-end tests, TLS roots, sudo (the drop-in wrapper's test runs it), GNU time (peak
