@@ -795,3 +795,35 @@ fn a_config_without_a_server_section_or_portal_url_is_refused_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn slow_clients_and_oversized_bodies_are_cut_off() {
+    use std::io::Write;
+    let d = Daemon::start(Backend::Embedded, |_| {});
+    // Headers that never end: the connection is closed after the header timeout.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(25),
+        "cut off after {took:?}"
+    );
+    // Meanwhile the daemon kept answering.
+    assert_eq!(d.send("GET", "/api/health", &[], None).status, 200);
+    // A form body over 16 KiB: refused, unread.
+    let mut b = Browser::new(&d);
+    b.get("/");
+    let csrf = b.csrf();
+    let big = "x".repeat(20_000);
+    let r = b.post("/", &[("csrf", &csrf), ("username", "alice"), ("password", &big)]);
+    assert_eq!(r.status, 413);
+    // Headers over the buffer: a 431, not a crash.
+    let huge = "y".repeat(40_000);
+    let r = d.send("GET", "/api/health", &[("X-Padding", &huge)], None);
+    assert_eq!(r.status, 431);
+    assert!(d.sim.counters().preauth == 0);
+}
