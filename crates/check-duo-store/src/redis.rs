@@ -2,7 +2,6 @@
 //! One server, or the master that Sentinel names (see [`crate::sentinel`]); the keys and commands
 //! are the same.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::Commands as _;
@@ -10,18 +9,12 @@ use redis::Commands as _;
 use super::sentinel::{Master, Retry, SentinelSpec};
 use super::{Entry, LockToken, SessionInfo, Store, StoreError};
 
-/// One connection, shared by the threads of a process behind a mutex.
+/// One connection, shared by the threads of a process behind a mutex: to one server or to the
+/// master Sentinel names, replaced (and the command retried once where that is safe) when it
+/// fails, so that a long-running process outlives a restart or a failover of Redis.
 pub struct RedisStore {
-    link: Link,
+    link: Master,
     prefix: String,
-}
-
-enum Link {
-    /// One server (`redis://`, `rediss://`): the connection made at open, for good.
-    Direct(Mutex<redis::Connection>),
-    /// Behind Sentinel: the master's connection, replaced (and the command retried once) when
-    /// it fails or the server is no longer the master.
-    Sentinel(Master),
 }
 
 /// Delete a lock only if it still holds our token (it may have expired and been taken since).
@@ -54,15 +47,8 @@ impl RedisStore {
             None => redis::Client::open(url),
         }
         .map_err(err("url"))?;
-        let conn = client
-            .get_connection_with_timeout(timeout)
-            .map_err(err("connect"))?;
-        conn.set_read_timeout(Some(timeout))
-            .map_err(err("connect"))?;
-        conn.set_write_timeout(Some(timeout))
-            .map_err(err("connect"))?;
         Ok(RedisStore {
-            link: Link::Direct(Mutex::new(conn)),
+            link: Master::server(client, timeout)?,
             prefix: prefix.to_string(),
         })
     }
@@ -76,23 +62,20 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         Ok(RedisStore {
-            link: Link::Sentinel(Master::open(spec, ca_pem, timeout)?),
+            link: Master::open(spec, ca_pem, timeout)?,
             prefix: prefix.to_string(),
         })
     }
 
-    /// Run one command (or pipeline) with `f`. Behind Sentinel, `retry` says whether it may run
-    /// again on a new master after the connection failed.
+    /// Run one command (or pipeline) with `f`; `retry` says whether it may run again on a new
+    /// connection after the connection failed.
     fn run<T>(
         &self,
         what: &'static str,
         retry: Retry,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        match &self.link {
-            Link::Direct(conn) => f(&mut lock(conn)).map_err(err(what)),
-            Link::Sentinel(master) => master.run(what, retry, f),
-        }
+        self.link.run(what, retry, f)
     }
 
     fn session_key(&self, key: &str) -> String {
@@ -332,8 +315,4 @@ impl Store for RedisStore {
         let n: Option<u64> = self.run("GET", Retry::Always, |c| c.get(&k))?;
         Ok(n.unwrap_or(0))
     }
-}
-
-fn lock(conn: &Mutex<redis::Connection>) -> MutexGuard<'_, redis::Connection> {
-    conn.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -78,14 +78,23 @@ pub(crate) enum Retry {
     IfRefused,
 }
 
-/// The master's connection, behind a mutex, and how to find the master again.
+/// The master's connection, behind a mutex, and how to find the master again: by asking the
+/// sentinels, or (one server) by connecting to it again. A long-running process keeps working
+/// across a restart of Redis.
 pub(crate) struct Master {
     inner: Arc<Inner>,
     conn: Mutex<Option<redis::Connection>>,
 }
 
+/// Where the master is.
+enum Source {
+    Sentinels(SentinelSpec),
+    /// One server (`redis://`, `rediss://`).
+    Server(redis::Client),
+}
+
 struct Inner {
-    spec: SentinelSpec,
+    source: Source,
     ca_pem: Option<Vec<u8>>,
     /// The deadline of each store call, and the read/write timeout of the master's connection.
     timeout: Duration,
@@ -105,8 +114,21 @@ impl Master {
                 "no sentinel configured",
             ));
         }
+        Master::start(Source::Sentinels(spec), ca_pem, timeout)
+    }
+
+    /// Connect to one server within `timeout`; connected again whenever the connection fails.
+    pub(crate) fn server(client: redis::Client, timeout: Duration) -> Result<Master, StoreError> {
+        Master::start(Source::Server(client), None, timeout)
+    }
+
+    fn start(
+        source: Source,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Master, StoreError> {
         let inner = Arc::new(Inner {
-            spec,
+            source,
             ca_pem: ca_pem.map(<[u8]>::to_vec),
             timeout,
         });
@@ -160,13 +182,12 @@ impl Master {
         if !may_retry || Instant::now() >= deadline {
             return Err(StoreError::new("redis", what, e));
         }
-        let mut conn = connect(&self.inner, deadline).map_err(|e2| {
-            StoreError::new(
-                "redis",
-                what,
-                format!("{e}; asking the sentinels again: {}", e2.detail),
-            )
-        })?;
+        let again = match self.inner.source {
+            Source::Sentinels(_) => "asking the sentinels again",
+            Source::Server(_) => "connecting again",
+        };
+        let mut conn = connect(&self.inner, deadline)
+            .map_err(|e2| StoreError::new("redis", what, format!("{e}; {again}: {}", e2.detail)))?;
         let (r, usable) = within(&mut conn, deadline, self.inner.timeout, &mut f);
         match r {
             Ok(v) => {
@@ -179,11 +200,11 @@ impl Master {
                 if usable && !drops_connection(&e2) {
                     *slot = Some(conn);
                 }
-                Err(StoreError::new(
-                    "redis",
-                    what,
-                    format!("{e}; then on the master the sentinels name: {e2}"),
-                ))
+                let then = match self.inner.source {
+                    Source::Sentinels(_) => "then on the master the sentinels name",
+                    Source::Server(_) => "then on a new connection",
+                };
+                Err(StoreError::new("redis", what, format!("{e}; {then}: {e2}")))
             }
         }
     }
@@ -247,7 +268,14 @@ fn refused(e: &RedisError) -> bool {
 /// Find the master and connect to it before `deadline`: one sentinel after the other, the next
 /// one as soon as one fails or after [`HEDGE`] without an answer, the first master found wins.
 fn connect(inner: &Arc<Inner>, deadline: Instant) -> Result<redis::Connection, StoreError> {
-    let n = inner.spec.sentinels.len();
+    let spec = match &inner.source {
+        Source::Sentinels(spec) => spec,
+        Source::Server(client) => {
+            return connect_server(client, inner.timeout, deadline)
+                .map_err(|e| StoreError::new("redis", "connect", e));
+        }
+    };
+    let n = spec.sentinels.len();
     let (tx, rx) = mpsc::channel::<(usize, RedisResult<redis::Connection>)>();
     let (mut started, mut answered) = (0, 0);
     let mut errors: Vec<String> = Vec::new();
@@ -265,7 +293,7 @@ fn connect(inner: &Arc<Inner>, deadline: Instant) -> Result<redis::Connection, S
                 answered += 1;
                 errors.push(format!(
                     "{}: cannot start a thread: {e}",
-                    sentinel_name(inner, i)
+                    sentinel_name(spec, i)
                 ));
             }
             started += 1;
@@ -293,7 +321,7 @@ fn connect(inner: &Arc<Inner>, deadline: Instant) -> Result<redis::Connection, S
                 } else {
                     ""
                 };
-                errors.push(format!("{}{whose}: {e}", sentinel_name(inner, i)));
+                errors.push(format!("{}{whose}: {e}", sentinel_name(spec, i)));
                 if answered == n {
                     break;
                 }
@@ -318,14 +346,30 @@ fn connect(inner: &Arc<Inner>, deadline: Instant) -> Result<redis::Connection, S
         "sentinel",
         format!(
             "no master {:?} found: {}",
-            inner.spec.master_name,
+            spec.master_name,
             errors.join("; ")
         ),
     ))
 }
 
-fn sentinel_name(inner: &Inner, i: usize) -> String {
-    match inner.spec.sentinels.get(i) {
+/// One server, within what is left before `deadline`; the connection's timeouts are `timeout`.
+fn connect_server(
+    client: &redis::Client,
+    timeout: Duration,
+    deadline: Instant,
+) -> RedisResult<redis::Connection> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    let conn = client.get_connection_with_timeout(left)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+fn sentinel_name(spec: &SentinelSpec, i: usize) -> String {
+    match spec.sentinels.get(i) {
         Some((h, p)) if h.contains(':') => format!("sentinel [{h}]:{p}"),
         Some((h, p)) => format!("sentinel {h}:{p}"),
         None => format!("sentinel {i}"),
@@ -335,7 +379,12 @@ fn sentinel_name(inner: &Inner, i: usize) -> String {
 /// Ask sentinel `i` for the master (the crate checks its `ROLE`), then connect to it with what
 /// is left before `deadline`; the connection's timeouts are `timeout`.
 fn lookup(inner: &Inner, i: usize, deadline: Instant) -> RedisResult<redis::Connection> {
-    let spec = &inner.spec;
+    let Source::Sentinels(spec) = &inner.source else {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "not behind Sentinel",
+        )));
+    };
     let (host, port) =
         spec.sentinels.get(i).cloned().ok_or_else(|| {
             RedisError::from((ErrorKind::InvalidClientConfig, "no such sentinel"))

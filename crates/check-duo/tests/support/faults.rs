@@ -489,6 +489,19 @@ pub fn run_wrk(
     threads: u32,
     connections: u32,
 ) -> WrkRun {
+    let cookie = format!("Cookie: {cookie}");
+    run_wrk_with(dir, url, &[cookie.as_str()], duration, threads, connections)
+}
+
+/// [`run_wrk`] with these request headers (`Name: value` each).
+pub fn run_wrk_with(
+    dir: &Path,
+    url: &str,
+    headers: &[&str],
+    duration: Duration,
+    threads: u32,
+    connections: u32,
+) -> WrkRun {
     let script = dir.join("wrk-count.lua");
     fs::write(&script, WRK_SCRIPT).expect("write the wrk script");
     let started_unix = unix_now();
@@ -498,7 +511,7 @@ pub fn run_wrk(
         .arg(format!("-d{}s", duration.as_secs()))
         .args(["--timeout", "15s", "-s"])
         .arg(&script)
-        .args(["-H", &format!("Cookie: {cookie}")])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg(url)
         .stdin(Stdio::null())
         .output()
