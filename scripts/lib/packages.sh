@@ -14,16 +14,17 @@ CHECK_DUO_DEMO_SERVE_PACKAGES=(nginx apache2-utils)
 # of the end-to-end tests, TLS roots, sudo (the drop-in wrapper's test runs it), GNU time (peak
 # memory in the benches and the fault tests), wrk (the load of the fault tests), lintian (the
 # package test fails on any lintian error or warning) and systemd (its systemd-analyze verifies
-# check-duo-serve.service in the package test; the unit is not started).
+# check-duo-serve.service in the package test; the unit is not started), and nginx and caddy
+# (the proxies in front of check-duo serve in tests/serve_proxies.rs; and haproxy, same).
 CHECK_DUO_PACKAGES=(
   "${CHECK_DUO_DEMO_PACKAGES[@]}"
   redis-server redis-sentinel chromium chromium-driver ca-certificates sudo time wrk
-  lintian systemd
+  lintian systemd nginx caddy haproxy
 )
 
 # The services Debian starts when those packages are installed, where it can. Every test starts
 # its own servers on loopback ports, so the packaged ones are stopped.
-CHECK_DUO_SERVICES=(redis-server redis-sentinel apache2)
+CHECK_DUO_SERVICES=(redis-server redis-sentinel apache2 nginx caddy haproxy)
 
 # Print, one a line, the packages named (default: CHECK_DUO_PACKAGES) that are not installed.
 missing_packages() {

@@ -802,8 +802,10 @@ fn slow_clients_and_oversized_bodies_are_cut_off() {
     let d = Daemon::start(Backend::Embedded, |_| {});
     // Headers that never end: the connection is closed after the header timeout.
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
@@ -819,7 +821,10 @@ fn slow_clients_and_oversized_bodies_are_cut_off() {
     b.get("/");
     let csrf = b.csrf();
     let big = "x".repeat(20_000);
-    let r = b.post("/", &[("csrf", &csrf), ("username", "alice"), ("password", &big)]);
+    let r = b.post(
+        "/",
+        &[("csrf", &csrf), ("username", "alice"), ("password", &big)],
+    );
     assert_eq!(r.status, 413);
     // Headers over the buffer: a 431, not a crash.
     let huge = "y".repeat(40_000);

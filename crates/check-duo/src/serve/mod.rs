@@ -252,13 +252,13 @@ async fn http(
             _ = stop.wait_for(|s| *s) => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = router
-            .clone()
-            .map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
-                r.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                r.map(axum::body::Body::new)
-            });
+        let svc =
+            router
+                .clone()
+                .map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    r.map(axum::body::Body::new)
+                });
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let c = conn.serve_connection(TokioIo::new(stream), svc);
         let c = graceful.watch(c);

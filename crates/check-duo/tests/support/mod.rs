@@ -5,10 +5,16 @@
 #![allow(dead_code)]
 
 pub mod apache;
+pub mod apache_fcgi;
+pub mod caddy;
+pub mod echo;
 pub mod faults;
+pub mod haproxy;
+pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod sentinel;
+pub mod serve;
 pub mod webdriver;
 pub mod world;
 

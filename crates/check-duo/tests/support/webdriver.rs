@@ -33,6 +33,16 @@ pub struct Browser {
 impl Browser {
     /// Start chromedriver on a free port and open a headless Chromium session.
     pub fn start(dir: &Path) -> Browser {
+        Browser::start_with(dir, true)
+    }
+
+    /// [`Browser::start`] with page scripts disabled (Chromium's content setting: the pages'
+    /// own scripts do not run, WebDriver's commands still do).
+    pub fn start_without_javascript(dir: &Path) -> Browser {
+        Browser::start_with(dir, false)
+    }
+
+    fn start_with(dir: &Path, javascript: bool) -> Browser {
         let profile = tempfile::Builder::new()
             .prefix("chromium-profile")
             .tempdir_in(dir)
@@ -78,6 +88,10 @@ impl Browser {
                                 "--password-store=basic",
                                 format!("--user-data-dir={}", profile.path().display()),
                             ],
+                            "prefs": {
+                                "profile.managed_default_content_settings.javascript":
+                                    if javascript { 1 } else { 2 },
+                            },
                         },
                     },
                 },
