@@ -15,6 +15,8 @@ pub enum Credential {
     Bcrypt(String),
     /// `$argon2id$` PHC string.
     Argon2id(String),
+    /// `$5$` SHA-256-crypt or `$6$` SHA-512-crypt, as `htpasswd -2` / `-5` write.
+    ShaCrypt(String),
 }
 
 impl Credential {
@@ -22,7 +24,7 @@ impl Credential {
     pub fn fingerprint(&self) -> &str {
         match self {
             Credential::Plain(p) => p.expose(),
-            Credential::Bcrypt(h) | Credential::Argon2id(h) => h,
+            Credential::Bcrypt(h) | Credential::Argon2id(h) | Credential::ShaCrypt(h) => h,
         }
     }
 }
@@ -54,7 +56,55 @@ pub fn verify(cred: &Credential, password: &str) -> bool {
                 .is_ok(),
             Err(_) => false,
         },
+        Credential::ShaCrypt(hash) if hash.starts_with("$5$") => {
+            sha_crypt::sha256_check(password, hash).is_ok()
+        }
+        Credential::ShaCrypt(hash) => sha_crypt::sha512_check(password, hash).is_ok(),
     }
+}
+
+/// Why a hash is not one this gate can check, if it is not (malformed hashes would never match;
+/// the config refuses them instead, naming them).
+pub fn check_hash(cred: &Credential) -> Result<(), String> {
+    match cred {
+        Credential::Plain(_) => Ok(()),
+        Credential::Bcrypt(h) => h
+            .parse::<bcrypt::HashParts>()
+            .map(drop)
+            .map_err(|e| format!("bad bcrypt hash: {e}")),
+        Credential::Argon2id(h) => argon2::PasswordHash::new(h)
+            .map(drop)
+            .map_err(|e| format!("bad argon2id hash: {e}")),
+        Credential::ShaCrypt(h) => check_sha_crypt(h),
+    }
+}
+
+/// The most rounds a SHA-crypt hash may ask for (glibc allows 999,999,999: one login would then
+/// take minutes). `htpasswd -2`/`-5` write 5,000 unless told otherwise.
+pub const SHA_CRYPT_MAX_ROUNDS: u64 = 1_000_000;
+
+/// Why a SHA-crypt hash is not accepted, if it is not.
+pub fn check_sha_crypt(hash: &str) -> Result<(), String> {
+    let rest = hash
+        .strip_prefix("$5$")
+        .or_else(|| hash.strip_prefix("$6$"))
+        .ok_or("not a SHA-crypt hash")?;
+    if let Some(r) = rest.strip_prefix("rounds=") {
+        let n: u64 = r
+            .split('$')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or("a SHA-crypt hash with unreadable rounds")?;
+        if n > SHA_CRYPT_MAX_ROUNDS {
+            return Err(format!(
+                "{n} SHA-crypt rounds (at most {SHA_CRYPT_MAX_ROUNDS}: each login would take too long)"
+            ));
+        }
+    }
+    if rest.split('$').count() < 2 {
+        return Err("a SHA-crypt hash without its salt and digest".into());
+    }
+    Ok(())
 }
 
 /// Spend the time a real check would, then fail: for unknown users.
@@ -66,6 +116,22 @@ pub fn verify_unknown_user(password: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha_crypt_as_htpasswd_writes_it() {
+        // `printf pw | htpasswd -ni -5 u` and `-2` (Debian 12's htpasswd, Apache 2.4.71).
+        let sha512 = "$6$sI4cBy6DffGykRpY$2w1RWX4bf/H8pQsJuobtRPgDJP4EEIODC4H0VXxcw1PkXeOcBMY/duAEdzrgkiuPEuj.A1MGY61L.QzsJulo01";
+        let sha256 = "$5$7sYld9ErfOGZPaoI$R5rS3qW1BLQQ2QsoMSDVuPmgRteYAoTPKZ/TYhDAT38";
+        for h in [sha512, sha256] {
+            check_sha_crypt(h).unwrap();
+            let c = Credential::ShaCrypt(h.to_string());
+            assert!(verify(&c, "pw"), "{h}");
+            assert!(!verify(&c, "px"), "{h}");
+        }
+        assert!(check_sha_crypt("$6$rounds=999999999$salt$digest").is_err());
+        assert!(check_sha_crypt("$6$rounds=5000$salt$digest").is_ok());
+        assert!(!verify(&Credential::ShaCrypt("$6$garbage".into()), "pw"));
+    }
 
     #[test]
     fn argon2id_round_trip() {

@@ -74,6 +74,30 @@ pub struct Config {
     pub audit: Option<crate::audit::AuditConfig>,
     /// The long-running mode's section (`check-duo serve`); the pipe mode ignores it.
     pub server: Option<crate::serve::ServerConfig>,
+    /// The users of `username`/`usernames` (the policy's users are these plus the htpasswd
+    /// file's).
+    pub config_users: BTreeMap<String, Credential>,
+    /// The htpasswd file, if any.
+    pub htpasswd: Option<PathBuf>,
+    /// Each user's groups (from `groups`), sorted.
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// The users of `config_users` and of the htpasswd file `path`: a name in both is an error.
+pub fn with_htpasswd(
+    config_users: &BTreeMap<String, Credential>,
+    path: &Path,
+) -> Result<BTreeMap<String, Credential>, String> {
+    let mut users = config_users.clone();
+    for (name, cred) in crate::htpasswd::read(path)? {
+        if users.insert(name.clone(), cred).is_some() {
+            return Err(format!(
+                "{}: user {name:?} is also in `usernames`: keep one",
+                path.display()
+            ));
+        }
+    }
+    Ok(users)
 }
 
 #[derive(Deserialize)]
@@ -82,6 +106,10 @@ struct RawConfig {
     username: Option<String>,
     password: Option<String>,
     usernames: Option<BTreeMap<String, String>>,
+    /// An Apache htpasswd file of more users.
+    htpasswd: Option<PathBuf>,
+    /// Groups: name → its users.
+    groups: Option<BTreeMap<String, Vec<String>>>,
     duo: RawDuo,
     cache: Option<RawCache>,
     session: Option<RawSession>,
@@ -217,7 +245,38 @@ impl Config {
             err(&key, message)
         })?;
 
-        let users = users(&raw, &err)?;
+        let config_users = users(&raw, &err)?;
+        let users = match &raw.htpasswd {
+            Some(p) => with_htpasswd(&config_users, p).map_err(|m| err("htpasswd", m))?,
+            None => config_users.clone(),
+        };
+        if users.is_empty() {
+            return Err(err(
+                "usernames",
+                "no user configured (set `usernames`, `username` and `password`, or `htpasswd`)"
+                    .into(),
+            ));
+        }
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (group, members) in raw.groups.iter().flatten() {
+            let key = format!("groups.{group}");
+            if group.is_empty()
+                || group.len() > 256
+                || group.contains([',', ':'])
+                || group.chars().any(char::is_control)
+            {
+                return Err(err(
+                    &key,
+                    "not a group name (no comma, colon or control character)".into(),
+                ));
+            }
+            for m in members {
+                if !users.contains_key(m) {
+                    return Err(err(&key, format!("{m:?} is not a configured user")));
+                }
+                groups.entry(m.clone()).or_default().push(group.clone());
+            }
+        }
         let (duo, factor) = duo(&raw.duo, &err)?;
         let cache = cache(raw.cache.as_ref(), &err)?;
         let raw_session = raw.session.as_ref();
@@ -293,6 +352,9 @@ impl Config {
             session_name,
             audit,
             server,
+            config_users,
+            htpasswd: raw.htpasswd.clone(),
+            groups,
         })
     }
 }
@@ -330,12 +392,6 @@ fn users(raw: &RawConfig, err: &ErrFn<'_>) -> Result<BTreeMap<String, Credential
         if users.insert(name.clone(), cred).is_some() {
             return Err(err(&key, "user defined twice".into()));
         }
-    }
-    if users.is_empty() {
-        return Err(err(
-            "usernames",
-            "no user configured (set `usernames` or `username` and `password`)".into(),
-        ));
     }
     Ok(users)
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod cookie;
 pub mod dropin;
 pub mod duo;
+pub mod htpasswd;
 pub mod input;
 pub mod password;
 pub mod privilege;

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use check_duo_core::finish::About;
 use check_duo_core::{Decision, Event, Request};
 
-use super::rules::Policy;
+use super::rules::{Policy, Verdict, Who};
 use super::session::{self, CookieStyle};
 use super::target::{self, BadHeader, Target};
 use super::App;
@@ -64,21 +64,48 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
         let d = Decision::deny(Event::BadInput, "plain-HTTP target behind an HTTPS portal");
         return (Answer::Forbidden, d);
     }
-    match server.rules.policy(&t.host, t.path(), &t.method) {
-        Policy::Bypass => {
-            return (
-                Answer::Allow(None),
-                Decision::grant(Event::Bypass, "bypass rule"),
-            )
+    let rules = &server.rules;
+    let by_policy = |p: Policy| match p {
+        Policy::Bypass => Some((
+            Answer::Allow(None),
+            Decision::grant(Event::Bypass, "bypass rule"),
+        )),
+        Policy::Deny => Some((
+            Answer::Forbidden,
+            Decision::deny(Event::RuleDeny, "deny rule"),
+        )),
+        Policy::TwoFactor => None,
+    };
+    // Without rules for some users, the rules decide before the session is looked up.
+    if !rules.has_subjects() {
+        if let Some(done) = by_policy(rules.policy(&t.host, t.path(), &t.method)) {
+            return done;
         }
-        Policy::Deny => {
-            return (
-                Answer::Forbidden,
-                Decision::deny(Event::RuleDeny, "deny rule"),
-            )
-        }
-        Policy::TwoFactor => {}
+        return session(app, t, headers, client, domain, portal);
     }
+    let found = session(app, t, headers, client, domain, portal);
+    let who = match &found.0 {
+        Answer::Allow(Some(user)) => Some(Who {
+            user,
+            groups: app.groups(user),
+        }),
+        _ => None,
+    };
+    match rules.verdict(&t.host, t.path(), &t.method, who) {
+        Verdict::Policy(p) => by_policy(p).unwrap_or(found),
+        Verdict::SignIn => found,
+    }
+}
+
+/// The request's session: a grant, or how to sign in, or unavailable.
+fn session(
+    app: &App,
+    t: &Target,
+    headers: &HeaderMap,
+    client: &str,
+    domain: Option<&str>,
+    portal: &super::settings::Portal,
+) -> (Answer, Decision) {
     let token = session::cookie(
         headers,
         &CookieStyle::new(portal, domain).name(session::NAME),
@@ -102,7 +129,7 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
         uri: t.uri.clone(),
         ..Request::default()
     };
-    match app.gate().authorize(&req) {
+    match app.with_gate(|g| g.authorize(&req)) {
         Some(d) if d.granted() => (Answer::Allow(d.user.clone()), d),
         Some(d) => (Answer::Unavailable, d),
         None => {
@@ -136,6 +163,7 @@ fn reply(
     method: &Method,
     original: &str,
     headers: &HeaderMap,
+    groups: &str,
 ) -> Response<Body> {
     let head = method == Method::HEAD;
     let (status, location, user, text) = match answer {
@@ -168,6 +196,9 @@ fn reply(
             Ok(v) => b = b.header("remote-user", v),
             // A name a header cannot carry is no name to grant under.
             Err(_) => return plain(StatusCode::FORBIDDEN, "forbidden", head),
+        }
+        if let Ok(v) = HeaderValue::from_str(groups) {
+            b = b.header("remote-groups", v);
         }
     }
     let body = if head {
@@ -235,7 +266,11 @@ async fn answer(
     };
     let client = target::client(&headers, Some(peer.ip()));
     let a = tokio::task::block_in_place(|| decide(app, &t, &headers, &client));
-    reply(a, family, &method, &t.method, &headers)
+    let groups = match &a {
+        Answer::Allow(Some(u)) => app.groups(u).join(","),
+        _ => String::new(),
+    };
+    reply(a, family, &method, &t.method, &headers, &groups)
 }
 
 pub async fn forward_auth(

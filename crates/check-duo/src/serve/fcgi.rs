@@ -52,10 +52,10 @@ pub fn target_of(param: &dyn Fn(&str) -> Option<String>) -> Result<Target, targe
 }
 
 /// The CGI reply for an answer.
-pub fn reply(answer: &Answer) -> String {
+pub fn reply(answer: &Answer, groups: &str) -> String {
     match answer {
         Answer::Allow(user) => format!(
-            "Status: 200\r\nVariable-REMOTE_USER: {}\r\n\r\n",
+            "Status: 200\r\nVariable-REMOTE_USER: {}\r\nVariable-REMOTE_GROUPS: {groups}\r\n\r\n",
             user.as_deref().unwrap_or(BYPASS_USER)
         ),
         Answer::SignIn(Some(url)) => {
@@ -83,12 +83,14 @@ fn decide(app: &'static App, param: &dyn Fn(&str) -> Option<String>) -> String {
     }
     let answer = authz::decide(app, &t, &h, peer.trim());
     // A user name that cannot be a CGI header value is no name to grant under.
+    let mut groups = String::new();
     if let Answer::Allow(Some(u)) = &answer {
         if u.contains(['\r', '\n']) {
-            return reply(&Answer::Forbidden);
+            return reply(&Answer::Forbidden, "");
         }
+        groups = app.groups(u).join(",");
     }
-    reply(&answer)
+    reply(&answer, &groups)
 }
 
 /// Accept FastCGI connections until stopped.

@@ -16,6 +16,7 @@ pub mod session;
 pub mod settings;
 pub mod target;
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
@@ -24,7 +25,7 @@ use axum::Router;
 use check_duo_core::finish::{self, About};
 use check_duo_core::keys::SessionKeys;
 use check_duo_core::ports::{AuditSink, Clock, DuoApi, Store, Wait};
-use check_duo_core::{Decision, Gate};
+use check_duo_core::{Decision, Gate, Policy};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
@@ -46,6 +47,9 @@ pub struct App {
     pub clock: Box<dyn Clock>,
     pub wait: Box<dyn Wait>,
     pub flows: portal::Flows,
+    /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
+    /// were last read.
+    policy: RwLock<Arc<Policy>>,
 }
 
 impl App {
@@ -69,6 +73,7 @@ impl App {
         if let Some(keys) = server.secrets.as_deref().and_then(SessionKeys::rotating) {
             cfg.policy.keys = keys;
         }
+        let cfg_policy = cfg.policy.clone();
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
         Ok(Box::leak(Box::new(App {
             cfg,
@@ -85,17 +90,30 @@ impl App {
             clock,
             wait,
             flows: portal::Flows::default(),
+            policy: RwLock::new(Arc::new(cfg_policy)),
         })))
     }
 
-    pub fn gate(&self) -> Gate<'_> {
-        Gate {
-            policy: &self.cfg.policy,
+    /// The policy now (the htpasswd file's users are read again when it changes).
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Run `f` with a gate over the policy now.
+    pub fn with_gate<T>(&self, f: impl FnOnce(Gate<'_>) -> T) -> T {
+        let policy = self.policy();
+        f(Gate {
+            policy: &policy,
             store: &self.store,
             duo: &self.duo,
             clock: &*self.clock,
             wait: &*self.wait,
-        }
+        })
+    }
+
+    /// Each user's groups.
+    pub fn groups(&self, user: &str) -> &[String] {
+        self.cfg.groups.get(user).map_or(&[], Vec::as_slice)
     }
 
     /// The audit record (where configured) and the log line of a decision; the decision as it
@@ -206,6 +224,9 @@ async fn serve(app: &'static App) -> Result<(), String> {
         eprintln!("check-duo: serve: FastCGI authorizer on {addr}");
     }
     tokio::spawn(portal::sweep(app, stop_rx.clone()));
+    if let Some(path) = app.cfg.htpasswd.clone() {
+        tokio::spawn(watch_htpasswd(app, path, stop_rx.clone()));
+    }
     eprintln!(
         "check-duo: serve: listening on http://{listen}, portal {}",
         app.server.portal.url
@@ -268,6 +289,50 @@ async fn http(
     }
     // Requests in progress get their answer; then the process ends.
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown()).await;
+}
+
+/// How often the htpasswd file is looked at (a `stat`).
+pub const HTPASSWD_EVERY: Duration = Duration::from_secs(2);
+
+/// Read the htpasswd file again whenever it changes. A file that cannot be read or has a bad
+/// line takes its users away (logged), until it is fixed: a broken file never keeps, or
+/// grants, a user it no longer holds properly.
+async fn watch_htpasswd(
+    app: &'static App,
+    path: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = crate::htpasswd::stamp(&path).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HTPASSWD_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = crate::htpasswd::stamp(&path).ok();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let users = match crate::config::with_htpasswd(&app.cfg.config_users, &path) {
+            Ok(users) => {
+                eprintln!(
+                    "check-duo: serve: htpasswd {} read again: {} users",
+                    path.display(),
+                    users.len()
+                );
+                users
+            }
+            Err(e) => {
+                eprintln!(
+                    "check-duo: serve: htpasswd: {e}: its users cannot sign in until it is fixed"
+                );
+                app.cfg.config_users.clone()
+            }
+        };
+        let mut policy = (*app.policy()).clone();
+        policy.users = users;
+        *app.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
 }
 
 async fn signal() {

@@ -275,7 +275,7 @@ fn signed_in(
         ip: super::target::client(headers, Some(peer.ip())),
         ..Request::default()
     };
-    let d = tokio::task::block_in_place(|| app.gate().authorize(&req))?;
+    let d = tokio::task::block_in_place(|| app.with_gate(|g| g.authorize(&req)))?;
     d.granted().then(|| d.user.unwrap_or_default())
 }
 
@@ -433,7 +433,7 @@ pub async fn sign_in(
             call: false,
         },
     };
-    let d = blocking(move || app.gate().authenticate(&req)).await;
+    let d = blocking(move || app.with_gate(|g| g.authenticate(&req))).await;
     let password_failed = matches!(
         d.event,
         Event::PasswordFailure | Event::UnknownUser | Event::Banned
@@ -469,7 +469,7 @@ pub async fn sign_in(
 }
 
 fn locked_out(app: &App) -> String {
-    let ban = app.cfg.policy.limits.ban.as_secs().div_ceil(60);
+    let ban = app.policy().limits.ban.as_secs().div_ceil(60);
     format!(
         "Too many failed attempts: sign-in is locked for up to {ban} minute{}. No push was sent.",
         if ban == 1 { "" } else { "s" }
@@ -530,12 +530,11 @@ fn settle(app: &'static App, id: &str, d: Decision, user: &str, client: &str, st
                     ip: client.clone(),
                     ..Request::default()
                 };
-                let gate = app.gate();
                 let mut d = d;
                 while let Outcome::Pending(p) = &d.outcome {
                     let p = p.clone();
                     app.wait.wait(p.retry_after);
-                    d = gate.resume(&req, &p);
+                    d = app.with_gate(|g| g.resume(&req, &p));
                 }
                 app.metrics.pending.dec();
                 let d = log_decision(app, &user, &client, "login", d, started);
@@ -796,7 +795,7 @@ pub async fn wait_action(
         uri: link(app, "wait"),
         ..Request::default()
     };
-    let d = blocking(move || app.gate().second_factor_only(&req, requested)).await;
+    let d = blocking(move || app.with_gate(|g| g.second_factor_only(&req, requested))).await;
     settle(app, &id, d, &user, &client, started);
     see_other(&link(app, "wait"))
 }
@@ -908,7 +907,7 @@ pub async fn logout(
             ip: client.clone(),
             ..Request::default()
         };
-        let d = tokio::task::block_in_place(|| app.gate().logout(&req));
+        let d = tokio::task::block_in_place(|| app.with_gate(|g| g.logout(&req)));
         failed |= d.event == Event::StoreError;
         log_decision(app, "", &client, "logout", d, started);
         cookies.push(CookieStyle::new(portal(app), domain.as_deref()).clear_session());

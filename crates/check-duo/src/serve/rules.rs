@@ -34,6 +34,8 @@ pub struct RawRule {
     domain: Option<OneOrMany>,
     path: Option<OneOrMany>,
     methods: Option<OneOrMany>,
+    /// `user:NAME` or `group:NAME`, one or a list: the rule is for them only.
+    subject: Option<OneOrMany>,
     policy: String,
 }
 
@@ -62,7 +64,32 @@ pub struct Rule {
     paths: Vec<String>,
     /// Upper-case method names.
     methods: Vec<String>,
+    /// Who the rule is for (empty: everybody, signed in or not).
+    subjects: Vec<Subject>,
     pub policy: Policy,
+}
+
+/// Who a rule is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Subject {
+    User(String),
+    Group(String),
+}
+
+/// The signed-in user a request is for, with their groups.
+#[derive(Clone, Copy, Debug)]
+pub struct Who<'a> {
+    pub user: &'a str,
+    pub groups: &'a [String],
+}
+
+/// What the rules say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Policy(Policy),
+    /// A rule for some users or groups may apply, and the request has no signed-in user: sign
+    /// in first.
+    SignIn,
 }
 
 impl Rule {
@@ -99,12 +126,39 @@ impl Rule {
         {
             return Err(("methods", format!("{m:?} is not a method")));
         }
+        let mut subjects = Vec::new();
+        for s in raw
+            .subject
+            .as_ref()
+            .map(OneOrMany::list)
+            .unwrap_or_default()
+        {
+            subjects.push(match s.split_once(':') {
+                Some(("user", n)) if !n.is_empty() => Subject::User(n.to_string()),
+                Some(("group", n)) if !n.is_empty() => Subject::Group(n.to_string()),
+                _ => return Err(("subject", format!("{s:?}: user:NAME or group:NAME"))),
+            });
+        }
         let policy = Policy::parse(&raw.policy).map_err(|m| ("policy", m))?;
+        if !subjects.is_empty() && policy == Policy::Bypass {
+            return Err((
+                "policy",
+                "bypass for some users only means nothing: a bypass needs no sign-in".into(),
+            ));
+        }
         Ok(Rule {
             domains,
             paths,
             methods,
+            subjects,
             policy,
+        })
+    }
+
+    fn is_for(&self, who: Who<'_>) -> bool {
+        self.subjects.iter().any(|s| match s {
+            Subject::User(u) => u == who.user,
+            Subject::Group(g) => who.groups.contains(g),
         })
     }
 
@@ -123,11 +177,35 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The policy for a request: `host` lower-case without port, `path` without the query.
+    /// Whether some rule names users or groups (then the session is looked up first).
+    pub fn has_subjects(&self) -> bool {
+        self.rules.iter().any(|r| !r.subjects.is_empty())
+    }
+
+    /// The policy for a request: `host` lower-case without port, `path` without the query,
+    /// `who` the signed-in user if any.
+    pub fn verdict(&self, host: &str, path: &str, method: &str, who: Option<Who<'_>>) -> Verdict {
+        for r in &self.rules {
+            if !r.matches(host, path, method) {
+                continue;
+            }
+            if r.subjects.is_empty() {
+                return Verdict::Policy(r.policy);
+            }
+            match who {
+                None => return Verdict::SignIn,
+                Some(w) if r.is_for(w) => return Verdict::Policy(r.policy),
+                Some(_) => {}
+            }
+        }
+        Verdict::Policy(self.default)
+    }
+
+    /// The policy for a request by nobody in particular (rules for some users only skipped).
     pub fn policy(&self, host: &str, path: &str, method: &str) -> Policy {
         self.rules
             .iter()
-            .find(|r| r.matches(host, path, method))
+            .find(|r| r.subjects.is_empty() && r.matches(host, path, method))
             .map_or(self.default, |r| r.policy)
     }
 }
@@ -176,6 +254,35 @@ mod tests {
     }
 
     #[test]
+    fn rules_for_users_and_groups() {
+        let r = rules(
+            r#"[{"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
+                {"path": "/admin/*", "policy": "deny"},
+                {"path": "/bob/*", "subject": ["user:bob"], "policy": "deny"}]"#,
+            Policy::TwoFactor,
+        );
+        let admins = ["admins".to_string()];
+        let alice = Who {
+            user: "alice",
+            groups: &admins,
+        };
+        let bob = Who {
+            user: "bob",
+            groups: &[],
+        };
+        let v = |p: &str, w| r.verdict("h", p, "GET", w);
+        assert_eq!(
+            v("/admin/x", Some(alice)),
+            Verdict::Policy(Policy::TwoFactor)
+        );
+        assert_eq!(v("/admin/x", Some(bob)), Verdict::Policy(Policy::Deny));
+        assert_eq!(v("/admin/x", None), Verdict::SignIn);
+        assert_eq!(v("/bob/x", Some(bob)), Verdict::Policy(Policy::Deny));
+        assert_eq!(v("/bob/x", Some(alice)), Verdict::Policy(Policy::TwoFactor));
+        assert!(r.has_subjects());
+    }
+
+    #[test]
     fn bad_rules_name_their_key() {
         for (json, key) in [
             (r#"{"policy": "allow"}"#, "policy"),
@@ -185,6 +292,11 @@ mod tests {
                 "methods",
             ),
             (r#"{"domain": "", "policy": "bypass"}"#, "domain"),
+            (r#"{"subject": "admins", "policy": "deny"}"#, "subject"),
+            (
+                r#"{"subject": "group:admins", "policy": "bypass"}"#,
+                "policy",
+            ),
         ] {
             let raw: RawRule = serde_json::from_str(json).unwrap();
             assert_eq!(Rule::from_raw(&raw).unwrap_err().0, key, "{json}");

@@ -1,0 +1,245 @@
+//! Users from an htpasswd file written by Apache's own `htpasswd` tool, through the real binary:
+//! the pipe mode signs them in, weak or malformed entries are config errors naming the file and
+//! the line, and `serve` reads the file again when it changes (a new user signs in, a removed
+//! user's session ends within the poll interval). Groups reach `Remote-Groups` and the rules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use duo_sim::{Behaviours, PushKind, UserBehaviour};
+use serde_json::json;
+
+use support::process::{run_as_authenticator, wait_until};
+use support::serve::{http, sign_in_over_http, Serve};
+use support::world::start_sim;
+
+const IKEY: &str = "DIHTPASSWDTESTXXXXXX";
+const SKEY: &str = "htpasswdTestSecretKeyForTheSimulatorOnly";
+const HTPASSWD: &str = "/usr/bin/htpasswd";
+const APP: &str = "127.0.0.1:8080";
+
+fn tool(test: &str) -> bool {
+    support::tools_present(test, &[("htpasswd (apache2-utils)", HTPASSWD)])
+}
+
+/// `htpasswd -b [-c] FLAG FILE USER PASSWORD`: the file as Apache's tool writes it.
+fn htpasswd(file: &Path, flag: &str, user: &str, password: &str) {
+    let mut cmd = Command::new(HTPASSWD);
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    // bcrypt at the lowest cost: the debug binary hashes on every cold request.
+    let cost: &[&str] = if flag == "-B" { &["-C", "4"] } else { &[] };
+    let out = cmd
+        .arg("-b")
+        .arg(flag)
+        .args(cost)
+        .arg(file)
+        .args([user, password])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn behaviours() -> Behaviours {
+    let approve = UserBehaviour {
+        delay_ms: 50,
+        ..UserBehaviour::push(PushKind::Approve)
+    };
+    Behaviours::default()
+        .with_user("alice", approve.clone())
+        .with_user("bob", approve.clone())
+        .with_user("carol", UserBehaviour::push(PushKind::Manual))
+        .with_user("dave", UserBehaviour::push(PushKind::Manual))
+}
+
+fn write(path: &Path, v: &serde_json::Value) -> PathBuf {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    path.to_path_buf()
+}
+
+fn pipe(config: &Path, user: &str, password: &str) -> support::process::Ran {
+    let env = [
+        ("IP", "192.0.2.7".to_string()),
+        ("URI", "/private/".to_string()),
+        ("HTTP_HOST", "app.example.test".to_string()),
+        ("COOKIE", format!("formsession={user}-cookie")),
+    ];
+    let exe = Path::new(env!("CARGO_BIN_EXE_check-duo"));
+    run_as_authenticator(
+        exe,
+        config,
+        &env,
+        format!("{user}\n{password}\n").as_bytes(),
+        |_| {},
+    )
+}
+
+#[test]
+fn the_pipe_mode_signs_in_users_of_an_htpasswd_file() {
+    if !tool("htpasswd pipe mode") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+    let file = dir.path().join("users.htpasswd");
+    htpasswd(&file, "-B", "alice", "pw-alice");
+    htpasswd(&file, "-5", "bob", "pw-bob");
+    let base = json!({
+        "htpasswd": file,
+        "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca, "push_timeout": 10},
+        "cache": {"path": dir.path().join("sessions.db")},
+        "session": {"name": "formsession", "expiry": 3600}
+    });
+    let config = write(&dir.path().join("config.json"), &base);
+    for (user, pw) in [("alice", "pw-alice"), ("bob", "pw-bob")] {
+        let out = pipe(&config, user, pw);
+        assert!(out.granted, "{user}: {}", out.log);
+        assert!(!pipe(&config, user, "wrong").granted, "{user}");
+        // Cached: the warm path, no Duo call.
+        let calls = sim.counters().duo_calls();
+        assert!(pipe(&config, user, pw).log.contains("event=cache_hit"));
+        assert_eq!(sim.counters().duo_calls(), calls);
+    }
+
+    // A weak entry (htpasswd's default, APR1-MD5) refuses the whole config, naming the line.
+    htpasswd(&file, "-m", "carol", "pw-carol");
+    let out = pipe(&config, "alice", "pw-alice");
+    assert!(!out.granted);
+    assert!(
+        out.log.contains("users.htpasswd line 3") && out.log.contains("APR1-MD5"),
+        "{}",
+        out.log
+    );
+    assert!(
+        out.log.contains("htpasswd -B"),
+        "how to re-hash: {}",
+        out.log
+    );
+    // A user in both the file and `usernames` is a config error.
+    htpasswd(&file, "-B", "carol", "pw-carol");
+    let mut both = base.clone();
+    both["usernames"] =
+        json!({"alice": "$2y$04$abcdefghijklmnopqrstuu5Qw3dFHkd5e0vGlcNyFJ7WYa2XJ0pMy"});
+    let config = write(&dir.path().join("both.json"), &both);
+    let out = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+        .args(["config", "check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("htpasswd") && text.contains("\"alice\" is also in `usernames`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_reads_the_file_again_and_groups_reach_the_headers_and_rules() {
+    if !tool("htpasswd serve") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+    let file = dir.path().join("users.htpasswd");
+    htpasswd(&file, "-B", "carol", "pw-carol");
+    htpasswd(&file, "-2", "dave", "pw-dave");
+    let cfg = json!({
+        "htpasswd": file,
+        "groups": {"admins": ["carol"], "staff": ["carol", "dave"]},
+        "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca, "push_timeout": 10},
+        "cache": {"path": dir.path().join("sessions.db")},
+        "session": {"expiry": 3600},
+        "limits": {"push_cooldown": 0},
+        "server": {"rules": [
+            {"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
+            {"path": "/admin/*", "policy": "deny"}
+        ]}
+    });
+    let s = Serve::start(&dir.path().join("serve"), cfg, false);
+    let ask = |path: &str, cookie: &str| {
+        http(
+            "GET",
+            &s.url("/api/authz/auth-request"),
+            &[
+                ("X-Original-URL", &format!("http://{APP}{path}")),
+                ("X-Original-Method", "GET"),
+                ("Cookie", cookie),
+            ],
+            None,
+        )
+    };
+    let sign_in = |user: &str, pw: &str| {
+        let r = ask("/private/", "");
+        assert_eq!(r.status, 401);
+        let jar = sign_in_over_http(r.header("location").unwrap(), user, pw, &sim);
+        format!("check-duo={}", jar.session().unwrap())
+    };
+    let carol = sign_in("carol", "pw-carol");
+    let dave = sign_in("dave", "pw-dave");
+    let r = ask("/private/", &carol);
+    assert_eq!(
+        (r.status, r.header("remote-user"), r.header("remote-groups")),
+        (200, Some("carol"), Some("admins,staff"))
+    );
+    assert_eq!(
+        ask("/private/", &dave).header("remote-groups"),
+        Some("staff")
+    );
+    // The rule for admins: carol passes, dave is refused, nobody is sent to sign in.
+    assert_eq!(ask("/admin/x", &carol).status, 200);
+    assert_eq!(ask("/admin/x", &dave).status, 403);
+    let anonymous = ask("/admin/x", "");
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("location").is_some());
+
+    // dave's password changes in the file: his session ends within the poll interval, and the
+    // new password signs him in. carol's session is untouched.
+    let before = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        before
+            .lines()
+            .filter(|l| !l.starts_with("dave:"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    htpasswd(&file, "-5", "dave", "pw-dave-2");
+    assert!(
+        wait_until(Duration::from_secs(10), || ask("/private/", &dave).status
+            == 401),
+        "dave's session outlived his password"
+    );
+    assert_eq!(ask("/private/", &carol).status, 200);
+    let dave = sign_in("dave", "pw-dave-2");
+    assert_eq!(ask("/private/", &dave).status, 200);
+    // A broken line takes the file's users away until it is fixed: never a grant from it.
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}broken line\n")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || ask(
+        "/private/",
+        &carol
+    )
+    .status
+        == 401));
+    assert!(s.log().contains("line 3: not `user:hash`"), "{}", s.log());
+    std::fs::write(&file, &good).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || ask(
+        "/private/",
+        &carol
+    )
+    .status
+        == 200));
+    s.stop();
+}
