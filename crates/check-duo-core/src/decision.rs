@@ -177,6 +177,9 @@ pub struct Decision {
     pub effects: Vec<Effect>,
     /// A link for the user from Duo (the enrollment portal of a user who is not enrolled).
     pub link: Option<String>,
+    /// The password was checked and right (whatever the second factor said): a front-end may
+    /// then offer another second factor without asking for it again.
+    pub password_verified: bool,
 }
 
 impl Decision {
@@ -201,6 +204,7 @@ impl Decision {
             user: None,
             effects: Vec::new(),
             link: None,
+            password_verified: false,
         }
     }
 

@@ -227,7 +227,9 @@ impl<'a> Gate<'a> {
             Ok(r) => r,
             Err(d) => return d,
         };
-        self.after_password(&s, requested)
+        let mut d = self.after_password(&s, requested);
+        d.password_verified = true;
+        d
     }
 
     /// The second factor alone, for a user whose password the front-end checked earlier in the
@@ -245,7 +247,9 @@ impl<'a> Gate<'a> {
         if !self.policy.users.contains_key(&req.user) {
             return Decision::deny(Event::UnknownUser, "unknown user");
         }
-        self.after_password(&self.subject(req), requested)
+        let mut d = self.after_password(&self.subject(req), requested);
+        d.password_verified = true;
+        d
     }
 
     fn after_password(&self, s: &Subject<'_>, requested: Requested) -> Decision {

@@ -682,6 +682,33 @@ fn access_rules_bypass_deny_and_no_push_paths() {
         (401, None),
         "no way in from a background poll"
     );
+    // Paths that walk around a rule: no bypass without a session, a 400 for the ambiguous.
+    for path in [
+        "/public/../secret",
+        "/public/./../private/x",
+        "/public;/../x",
+    ] {
+        let r = d.auth_request(&format!("{APP}{path}"), "");
+        assert_eq!(r.status, 401, "{path}: not a bypass");
+    }
+    // A walk into a deny rule is denied, session or not.
+    assert_eq!(
+        d.auth_request(&format!("{APP}/public/./../admin/x"), "")
+            .status,
+        403
+    );
+    for path in [
+        "/public/%2e%2e/secret",
+        "/public/x/..%2f..%2fsecret",
+        "/public%5c..%5cx",
+        "//public/../x",
+    ] {
+        assert_eq!(
+            d.auth_request(&format!("{APP}{path}"), "").status,
+            400,
+            "{path}"
+        );
+    }
     let b = signed_in(&d);
     let cookie = b.session().unwrap();
     assert_eq!(
@@ -689,6 +716,16 @@ fn access_rules_bypass_deny_and_no_push_paths() {
         403,
         "deny beats a session"
     );
+    for path in [
+        "/./admin/x",
+        "/%61dmin/x",
+        "/admin;x/y",
+        "/Admin/x",
+        "/x/../admin/y",
+    ] {
+        let r = d.auth_request(&format!("{APP}{path}"), &cookie);
+        assert_eq!(r.status, 403, "{path}: the deny rule holds");
+    }
     assert_eq!(
         d.auth_request(&format!("{APP}/api/poll"), &cookie).status,
         200

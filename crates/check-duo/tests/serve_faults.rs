@@ -212,3 +212,50 @@ fn a_sentinel_failover_keeps_the_daemons_sessions() {
     assert_eq!(sim.counters().duo_calls(), calls, "the failover asked Duo");
     s.stop();
 }
+
+#[test]
+fn a_store_failure_at_the_password_leaves_nothing_to_continue_from() {
+    if !support::tools_present(
+        "serve store failure at sign-in",
+        &[("redis-server", REDIS_SERVER)],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+    let mut redis = DurableRedis::start(dir.path());
+    let cache = json!({"url": redis.url(), "prefix": "cd:", "timeout": 1});
+    let s = Serve::start(&dir.path().join("serve"), config(&sim, &ca, cache), false);
+    let mut jar = support::serve::Jar::default();
+    let form = jar.get(&s.portal());
+    let csrf = support::serve::form_value(&form.body, "csrf").unwrap();
+    redis.kill();
+    // A wrong password while the store cannot count attempts: refused, no flow, no push.
+    let r = jar.post(
+        &s.portal(),
+        &[
+            ("csrf", &csrf),
+            ("username", "alice"),
+            ("password", "WRONG"),
+            ("factor", "push"),
+        ],
+    );
+    assert_ne!(r.status, 303, "{}", r.body);
+    assert!(r.body.contains("No push was sent"), "{}", r.body);
+    assert!(
+        !jar.cookies.keys().any(|k| k.contains("flow")),
+        "{:?}",
+        jar.cookies
+    );
+    redis.start_again();
+    // Nothing to ask another push for: back to the sign-in form, and Duo never asked.
+    let r = jar.post(&s.url("/wait"), &[("csrf", &csrf), ("action", "push")]);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/")),
+        "{}",
+        r.body
+    );
+    assert_eq!(sim.counters().auth, 0);
+    s.stop();
+}

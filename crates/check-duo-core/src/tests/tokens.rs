@@ -114,3 +114,27 @@ fn logout_ends_a_session_under_every_key() {
     assert!(w.store.sessions().is_empty());
     assert!(w.gate().authorize(&bare(COOKIE)).is_none());
 }
+
+#[test]
+fn only_a_checked_password_is_marked_verified() {
+    let w = World::with(token_mode);
+    let g = w.gate();
+    assert!(
+        !g.authenticate(&req("alice", "wrong", Some("t1")))
+            .password_verified
+    );
+    assert!(
+        !g.authenticate(&req("nobody", "pw", Some("t2")))
+            .password_verified
+    );
+    let d = g.authenticate(&req("alice", "pw", Some("t3")));
+    assert!(d.is_pending() && d.password_verified, "{d:?}");
+    // The store down before the check: a deny, and not verified.
+    w.store
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !g.authenticate(&req("bob", "pw-bob", Some("t4")))
+            .password_verified
+    );
+}

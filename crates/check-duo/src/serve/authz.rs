@@ -66,6 +66,9 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
     }
     let rules = &server.rules;
     let by_policy = |p: Policy| match p {
+        // A bypass only for a path sent as the application will see it: `/public/../admin`
+        // needs a session whatever `/public/*` says.
+        Policy::Bypass if !t.is_canonical() => None,
         Policy::Bypass => Some((
             Answer::Allow(None),
             Decision::grant(Event::Bypass, "bypass rule"),
@@ -78,7 +81,7 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
     };
     // Without rules for some users, the rules decide before the session is looked up.
     if !rules.has_subjects() {
-        if let Some(done) = by_policy(rules.policy(&t.host, t.path(), &t.method)) {
+        if let Some(done) = by_policy(rules.policy(&t.host, &t.canonical, &t.method)) {
             return done;
         }
         return session(app, t, headers, client, domain, portal);
@@ -91,7 +94,7 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
         }),
         _ => None,
     };
-    match rules.verdict(&t.host, t.path(), &t.method, who) {
+    match rules.verdict(&t.host, &t.canonical, &t.method, who) {
         Verdict::Policy(p) => by_policy(p).unwrap_or(found),
         Verdict::SignIn => found,
     }
@@ -264,7 +267,7 @@ async fn answer(
             return bad_request(&e, head);
         }
     };
-    let client = target::client(&headers, Some(peer.ip()));
+    let client = target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
     let a = tokio::task::block_in_place(|| decide(app, &t, &headers, &client));
     let groups = match &a {
         Answer::Allow(Some(u)) => app.groups(u).join(","),

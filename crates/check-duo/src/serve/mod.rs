@@ -47,6 +47,8 @@ pub struct App {
     pub clock: Box<dyn Clock>,
     pub wait: Box<dyn Wait>,
     pub flows: portal::Flows,
+    /// Places for sign-ins in progress (see [`portal::MAX_SIGN_INS`]).
+    pub sign_ins: tokio::sync::Semaphore,
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
     /// were last read.
     policy: RwLock<Arc<Policy>>,
@@ -90,6 +92,7 @@ impl App {
             clock,
             wait,
             flows: portal::Flows::default(),
+            sign_ins: tokio::sync::Semaphore::new(portal::MAX_SIGN_INS),
             policy: RwLock::new(Arc::new(cfg_policy)),
         })))
     }

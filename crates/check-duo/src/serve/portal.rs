@@ -35,6 +35,8 @@ use super::App;
 pub const FLOW_TTL: Duration = Duration::from_secs(300);
 /// Sign-ins in progress at once, at most (each is a few hundred bytes).
 pub const MAX_FLOWS: usize = 10_000;
+/// The longest redirect target kept for a sign-in.
+pub const MAX_TARGET: usize = 4096;
 /// The flow cookie's name without its prefix.
 const FLOW: &str = "check-duo-flow";
 
@@ -101,12 +103,12 @@ impl Flows {
         map.remove(id);
     }
 
-    /// Forget flows whose password is older than [`FLOW_TTL`] and that wait for nothing.
-    fn sweep(&self) {
+    /// Forget flows older than any attempt of theirs can last: the last one starts at most
+    /// [`FLOW_TTL`] after the password and ends by the push deadline (`push_timeout`).
+    fn sweep(&self, push_timeout: Duration) {
+        let keep = FLOW_TTL + push_timeout + Duration::from_secs(60);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, f| {
-            matches!(f.status, Status::Waiting { .. }) || f.password_at.elapsed() < FLOW_TTL * 2
-        });
+        map.retain(|_, f| f.password_at.elapsed() < keep);
     }
 }
 
@@ -114,7 +116,9 @@ impl Flows {
 pub async fn sweep(app: &'static App, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => app.flows.sweep(),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                app.flows.sweep(app.policy().factor.push_timeout);
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -197,6 +201,9 @@ fn failure(_app: &App, why: &str) -> Response {
 /// subdomains); https unless the portal itself is plain HTTP on loopback. Anything else is an
 /// open redirect.
 pub fn valid_target(app: &App, rd: &str) -> Option<(String, Option<String>)> {
+    if rd.len() > MAX_TARGET {
+        return None;
+    }
     let uri: Uri = rd.parse().ok()?;
     let https = match uri.scheme_str()? {
         "https" => true,
@@ -272,7 +279,7 @@ fn signed_in(
     let token = session::cookie(headers, &name)?;
     let req = Request {
         session: Some(token),
-        ip: super::target::client(headers, Some(peer.ip())),
+        ip: super::target::client(headers, Some(peer.ip()), &app.server.trusted_proxies),
         ..Request::default()
     };
     let d = tokio::task::block_in_place(|| app.with_gate(|g| g.authorize(&req)))?;
@@ -361,7 +368,7 @@ pub async fn sign_in(
     Form(f): Form<SignInForm>,
 ) -> Response {
     let started = Instant::now();
-    let client = super::target::client(&headers, Some(peer.ip()));
+    let client = super::target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
     if !csrf_ok(app, &headers, &f.csrf) {
         let d = Decision::deny(Event::BadInput, "sign-in form without its CSRF token");
         log_decision(app, &f.username, &client, "login", d, started);
@@ -396,8 +403,13 @@ pub async fn sign_in(
         Err(m) => return again(m, StatusCode::BAD_REQUEST),
     };
     if let Some(t) = rd.and_then(|r| r.parse::<Uri>().ok()) {
-        let host = t.host().unwrap_or("").to_ascii_lowercase();
-        if app.server.rules.policy(&host, t.path(), "GET") == Policy::Deny {
+        let host = t
+            .host()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let path = super::target::canonical_path(t.path()).unwrap_or_default();
+        if app.server.rules.policy(&host, &path, "GET") == Policy::Deny {
             return again("Access to that page is refused.", StatusCode::FORBIDDEN);
         }
     }
@@ -433,34 +445,49 @@ pub async fn sign_in(
             call: false,
         },
     };
-    let d = blocking(move || app.with_gate(|g| g.authenticate(&req))).await;
-    let password_failed = matches!(
-        d.event,
-        Event::PasswordFailure | Event::UnknownUser | Event::Banned
-    ) && !d.granted();
-    if password_failed {
-        let d = log_decision(app, &f.username, &client, "login", d, started);
-        let (msg, status) = if d.event == Event::Banned {
-            (locked_out(app), StatusCode::TOO_MANY_REQUESTS)
-        } else {
-            (
-                "Wrong user name or password. No push was sent.".to_string(),
-                StatusCode::UNAUTHORIZED,
-            )
-        };
-        return again(&msg, status);
-    }
+    let Ok(permit) = app.sign_ins.try_acquire() else {
+        return failure(app, BUSY);
+    };
     let id = match session::new_token() {
         Ok(t) => t,
         Err(e) => return failure(app, &e),
     };
-    if !app.flows.insert(id.clone(), flow) {
-        return failure(
-            app,
-            "Too many sign-ins are in progress. Try again in a minute.",
-        );
+    // The attempt runs on its own: a client that goes away (or a request timeout) cannot leave
+    // a push that nobody follows, or a flow that waits for ever.
+    let (user, from, flow_id) = (f.username.clone(), client.clone(), id.clone());
+    let attempt = tokio::spawn(async move {
+        let d = blocking(move || app.with_gate(|g| g.authenticate(&req))).await;
+        // A flow only for a password known to be right: whatever else went wrong before or
+        // during its check (a ban, the store) leaves nothing to continue from.
+        if !d.password_verified {
+            return Err(log_decision(app, &user, &from, "login", d, started));
+        }
+        if !app.flows.insert(flow_id.clone(), flow) {
+            let mut d = d;
+            d.note("no room for another sign-in in progress");
+            return Err(log_decision(app, &user, &from, "login", d, started));
+        }
+        settle(app, &flow_id, d, &user, &from, started, permit);
+        Ok(())
+    });
+    match attempt.await {
+        Ok(Ok(())) => {}
+        Ok(Err(d)) => {
+            let (msg, status) = match d.event {
+                Event::PasswordFailure | Event::UnknownUser => (
+                    "Wrong user name or password. No push was sent.".to_string(),
+                    StatusCode::UNAUTHORIZED,
+                ),
+                Event::Banned => (locked_out(app), StatusCode::TOO_MANY_REQUESTS),
+                _ => (
+                    format!("{} No push was sent.", message(app, &d)),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+            };
+            return again(&msg, status);
+        }
+        Err(_) => return failure(app, "The sign-in failed."),
     }
-    settle(app, &id, d, &f.username, &client, started);
     let mut r = see_other(&link(app, "wait"));
     if let Ok(v) = flow_cookie(app, &id).parse() {
         r.headers_mut().append("set-cookie", v);
@@ -507,8 +534,23 @@ fn log_decision(
     app.log(&about, d, started)
 }
 
+/// Sign-ins (a password check, or a push being followed) at once, at most: each holds a thread
+/// of the blocking pool for its password check or for the push's long poll.
+pub const MAX_SIGN_INS: usize = 256;
+
+const BUSY: &str = "Too many sign-ins are in progress. Try again in a minute.";
+
 /// Record a decision on the flow `id`; a pending one is followed to its end in the background.
-fn settle(app: &'static App, id: &str, d: Decision, user: &str, client: &str, started: Instant) {
+/// `permit` (a place among [`MAX_SIGN_INS`]) is held until the attempt ends.
+fn settle(
+    app: &'static App,
+    id: &str,
+    d: Decision,
+    user: &str,
+    client: &str,
+    started: Instant,
+    permit: tokio::sync::SemaphorePermit<'static>,
+) {
     match &d.outcome {
         Outcome::Pending(p) => {
             let status = Status::Waiting {
@@ -539,12 +581,14 @@ fn settle(app: &'static App, id: &str, d: Decision, user: &str, client: &str, st
                 app.metrics.pending.dec();
                 let d = log_decision(app, &user, &client, "login", d, started);
                 finish_attempt(app, &id, &token, &d);
+                drop(permit);
             });
         }
         _ => {
             let token = app.flows.with(id, |f| f.token.clone()).unwrap_or_default();
             let d = log_decision(app, user, client, "login", d, started);
             finish_attempt(app, id, &token, &d);
+            drop(permit);
         }
     }
 }
@@ -574,6 +618,10 @@ fn finish_attempt(app: &App, id: &str, token: &str, d: &Decision) {
 /// What the user is told about a decision that did not sign them in.
 fn message(app: &App, d: &Decision) -> String {
     match d.event {
+        _ if d.fail_open() => "Duo cannot be reached right now. The fail mode would let you in \
+            without it, but the portal makes no session without the second factor: try again \
+            later."
+            .into(),
         _ if d.granted() => "Signed in, but the session could not be stored. Try again.".into(),
         Event::PushDenied => "The push was denied on your phone.".into(),
         Event::PushTimeout => "Nobody answered the push in time.".into(),
@@ -707,7 +755,7 @@ pub async fn wait_action(
     Form(f): Form<WaitForm>,
 ) -> Response {
     let started = Instant::now();
-    let client = super::target::client(&headers, Some(peer.ip()));
+    let client = super::target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
     let Some(id) = flow_id(app, &headers) else {
         return see_other(&link(app, ""));
     };
@@ -795,8 +843,14 @@ pub async fn wait_action(
         uri: link(app, "wait"),
         ..Request::default()
     };
-    let d = blocking(move || app.with_gate(|g| g.second_factor_only(&req, requested))).await;
-    settle(app, &id, d, &user, &client, started);
+    let Ok(permit) = app.sign_ins.try_acquire() else {
+        return fail(BUSY);
+    };
+    let attempt = tokio::spawn(async move {
+        let d = blocking(move || app.with_gate(|g| g.second_factor_only(&req, requested))).await;
+        settle(app, &id, d, &user, &client, started, permit);
+    });
+    let _ = attempt.await;
     see_other(&link(app, "wait"))
 }
 
@@ -898,7 +952,7 @@ pub async fn logout(
         .status(StatusCode::FORBIDDEN)
         .into_response();
     }
-    let client = super::target::client(&headers, Some(peer.ip()));
+    let client = super::target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
     let mut cookies = Vec::new();
     let mut failed = false;
     for (domain, token) in session_cookies(app, &headers) {

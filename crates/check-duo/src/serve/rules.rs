@@ -163,8 +163,14 @@ impl Rule {
     }
 
     fn matches(&self, host: &str, path: &str, method: &str) -> bool {
+        // A deny rule also holds for the path in any case: some backends fold it.
+        let path_matches = |p: &String| {
+            glob(p, path)
+                || (self.policy == Policy::Deny
+                    && glob(&p.to_ascii_lowercase(), &path.to_ascii_lowercase()))
+        };
         (self.domains.is_empty() || self.domains.iter().any(|d| glob(d, host)))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| glob(p, path)))
+            && (self.paths.is_empty() || self.paths.iter().any(path_matches))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
     }
 }
@@ -182,8 +188,8 @@ impl Rules {
         self.rules.iter().any(|r| !r.subjects.is_empty())
     }
 
-    /// The policy for a request: `host` lower-case without port, `path` without the query,
-    /// `who` the signed-in user if any.
+    /// The policy for a request: `host` lower-case without port, `path` canonical (see
+    /// [`super::target::canonical_path`]), `who` the signed-in user if any.
     pub fn verdict(&self, host: &str, path: &str, method: &str, who: Option<Who<'_>>) -> Verdict {
         for r in &self.rules {
             if !r.matches(host, path, method) {
@@ -248,6 +254,15 @@ mod tests {
             Policy::Deny
         );
         assert_eq!(r.policy("open.example.org", "/x", "GET"), Policy::Bypass);
+        assert_eq!(
+            r.policy("app.example.org", "/ADMIN/x", "GET"),
+            Policy::Deny,
+            "any case"
+        );
+        assert_eq!(
+            r.policy("app.example.org", "/PUBLIC/a.css", "GET"),
+            Policy::TwoFactor
+        );
         assert_eq!(r.policy("other.net", "/", "GET"), Policy::TwoFactor);
         let r = rules("[]", Policy::Deny);
         assert_eq!(r.policy("a", "/", "GET"), Policy::Deny);

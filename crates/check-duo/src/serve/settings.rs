@@ -23,6 +23,7 @@ pub struct RawServer {
     domains: Option<Vec<RawDomain>>,
     rules: Option<Vec<RawRule>>,
     default_policy: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +110,8 @@ pub struct ServerConfig {
     pub secrets: Option<Vec<String>>,
     pub domains: Vec<Domain>,
     pub rules: Rules,
+    /// Peers whose `X-Forwarded-For` is believed (default: loopback).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, (String, String)> {
@@ -169,7 +172,9 @@ impl ServerConfig {
             let domain = normal_host(&d.domain);
             if domain.is_empty()
                 || !domain.contains(|c: char| c.is_ascii_alphanumeric())
-                || domain.contains([':', '/', ' '])
+                || !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
             {
                 return Err(e(
                     &format!("domains[{i}].domain"),
@@ -194,7 +199,28 @@ impl ServerConfig {
         for (i, r) in raw.rules.iter().flatten().enumerate() {
             rules.push(Rule::from_raw(r).map_err(|(k, m)| e(&format!("rules[{i}].{k}"), m))?);
         }
+        let mut trusted_proxies = Vec::new();
+        let default_trusted = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+        for (i, t) in raw
+            .trusted_proxies
+            .as_ref()
+            .unwrap_or(&default_trusted)
+            .iter()
+            .enumerate()
+        {
+            let net = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    e(
+                        &format!("trusted_proxies[{i}]"),
+                        format!("{t:?} is not an address or a network"),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
         Ok(ServerConfig {
+            trusted_proxies,
             listen,
             portal,
             fastcgi_listen,

@@ -17,6 +17,8 @@ pub struct Target {
     pub uri: String,
     /// Upper-case letters only.
     pub method: String,
+    /// The path as the access rules see it ([`canonical_path`]).
+    pub canonical: String,
 }
 
 impl Target {
@@ -26,10 +28,69 @@ impl Target {
         format!("{scheme}://{}{}", self.authority, self.uri)
     }
 
-    /// The path without the query string.
+    /// The path without the query string, as sent.
     pub fn path(&self) -> &str {
         self.uri.split('?').next().unwrap_or("")
     }
+
+    /// Whether the path was sent in its canonical form (a bypass rule applies only then).
+    pub fn is_canonical(&self) -> bool {
+        self.path() == self.canonical
+    }
+}
+
+/// The path of `uri` (without its query) as the application behind the proxy will see it, for
+/// the access rules: unreserved characters percent-decoded, `;parameters` of each segment
+/// dropped, empty and `.` segments removed, `..` applied (RFC 3986 §5.2.4). An encoded slash,
+/// backslash, dot or control character, or a raw backslash, is refused: backends disagree on
+/// what they mean, and a rule must not be walked around with them.
+pub fn canonical_path(uri: &str) -> Result<String, &'static str> {
+    let path = uri.split('?').next().unwrap_or("");
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = path.get(i + 1..i + 3).ok_or("a bad percent-escape")?;
+                let v = u8::from_str_radix(hex, 16).map_err(|_| "a bad percent-escape")?;
+                match v {
+                    b'/' | b'\\' | b'.' | 0..=0x1f | 0x7f => {
+                        return Err("an encoded slash, backslash, dot or control character")
+                    }
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
+                        decoded.push(char::from(v));
+                    }
+                    _ => {
+                        decoded.push('%');
+                        decoded.push_str(&hex.to_ascii_uppercase());
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err("a backslash"),
+            b => {
+                decoded.push(char::from(b));
+                i += 1;
+            }
+        }
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg.split(';').next().unwrap_or("") {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut c = format!("/{}", segments.join("/"));
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    if c.len() > 1 && (decoded.ends_with('/') || matches!(last, "." | "..")) {
+        c.push('/');
+    }
+    Ok(c)
 }
 
 /// A header that is missing or malformed: the 400's body names it.
@@ -93,10 +154,16 @@ fn authority(header: &'static str, a: &str) -> Result<(String, String), BadHeade
     if auth.as_str().contains('@') || auth.host().is_empty() {
         return Err(bad(header, "not a host"));
     }
-    Ok((
-        auth.as_str().to_ascii_lowercase(),
-        auth.host().to_ascii_lowercase(),
-    ))
+    // `app.example.org.` is `app.example.org` to DNS and to the rules.
+    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(bad(header, "not a host"));
+    }
+    Ok((auth.as_str().to_ascii_lowercase(), host))
+}
+
+fn canonical(header: &'static str, uri: &str) -> Result<String, BadHeader> {
+    canonical_path(uri).map_err(|why| bad(header, why))
 }
 
 fn path(header: &'static str, u: &str) -> Result<String, BadHeader> {
@@ -116,12 +183,14 @@ pub fn forwarded(h: &HeaderMap) -> Result<Target, BadHeader> {
     let (authority, host) = authority("X-Forwarded-Host", text(h, "X-Forwarded-Host")?)?;
     let uri = path("X-Forwarded-Uri", text(h, "X-Forwarded-Uri")?)?;
     let method = method("X-Forwarded-Method", text(h, "X-Forwarded-Method")?)?;
+    let canonical = canonical("X-Forwarded-Uri", &uri)?;
     Ok(Target {
         https,
         authority,
         host,
         uri,
         method,
+        canonical,
     })
 }
 
@@ -135,12 +204,14 @@ pub fn original(h: &HeaderMap) -> Result<Target, BadHeader> {
     let (authority, host) = authority(URL, url.authority().map_or("", |a| a.as_str()))?;
     let uri = path(URL, url.path_and_query().map_or("/", |p| p.as_str()))?;
     let method = method("X-Original-Method", text(h, "X-Original-Method")?)?;
+    let canonical = canonical(URL, &uri)?;
     Ok(Target {
         https,
         authority,
         host,
         uri,
         method,
+        canonical,
     })
 }
 
@@ -155,12 +226,14 @@ pub fn envoy(request_method: &str, rest: &str, h: &HeaderMap) -> Result<Target, 
         path("path", rest)?
     };
     let method = method("method", request_method)?;
+    let canonical = canonical("path", &uri)?;
     Ok(Target {
         https,
         authority,
         host,
         uri,
         method,
+        canonical,
     })
 }
 
@@ -173,19 +246,40 @@ pub fn either(h: &HeaderMap) -> Result<Target, BadHeader> {
     }
 }
 
-/// The client's address: the last `X-Forwarded-For` entry (the one the proxy in front of us
-/// added; earlier ones are the client's word), else the peer.
-pub fn client(h: &HeaderMap, peer: Option<std::net::IpAddr>) -> String {
-    h.get_all("x-forwarded-for")
+/// The client's address. `X-Forwarded-For` is believed only from a trusted proxy (`trusted`:
+/// the peer is one), and then read from the right, past the trusted proxies' own entries: the
+/// first other address is the client (earlier entries are the client's own word). Otherwise,
+/// or when an entry is no address, the peer.
+pub fn client(h: &HeaderMap, peer: Option<std::net::IpAddr>, trusted: &[ipnet::IpNet]) -> String {
+    let is_trusted = |a: &std::net::IpAddr| trusted.iter().any(|n| n.contains(a));
+    let canonical = |a: std::net::IpAddr| a.to_canonical().to_string();
+    let Some(peer) = peer.map(|a| a.to_canonical()) else {
+        return String::new();
+    };
+    if !is_trusted(&peer) {
+        return canonical(peer);
+    }
+    let entries: Vec<&str> = h
+        .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .rfind(|v| !v.is_empty())
-        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
-        .or(peer)
-        .map(|a| a.to_canonical().to_string())
-        .unwrap_or_default()
+        .filter(|v| !v.is_empty())
+        .collect();
+    let mut client = peer;
+    for e in entries.iter().rev() {
+        match e.parse::<std::net::IpAddr>() {
+            Ok(a) => {
+                client = a.to_canonical();
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            Err(_) => return canonical(peer),
+        }
+    }
+    canonical(client)
 }
 
 /// Whether the client wants a page (a browser navigating, which always lists `text/html`)
@@ -267,6 +361,35 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_canonical_for_the_rules() {
+        for (raw, want) in [
+            ("/public/a.css", "/public/a.css"),
+            ("/public/../secret", "/secret"),
+            ("/./admin/x", "/admin/x"),
+            ("/%61dmin/x?q=%2f", "/admin/x"),
+            ("/admin;x", "/admin"),
+            ("//admin//x/", "/admin/x/"),
+            ("/public;/../admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/", "/"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+        ] {
+            assert_eq!(canonical_path(raw).unwrap(), want, "{raw}");
+        }
+        for raw in [
+            "/public/%2e%2e/secret",
+            "/x/..%2f..%2fsecret",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00",
+            "/a%zz",
+            "/a%2",
+        ] {
+            assert!(canonical_path(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
     fn original_url() {
         let h = headers(&[
             ("x-original-url", "http://127.0.0.1:8080/private/?x=1"),
@@ -284,15 +407,26 @@ mod tests {
     }
 
     #[test]
-    fn client_address_is_the_proxys_word() {
-        let h = headers(&[("x-forwarded-for", "10.9.9.9, 192.0.2.7")]);
-        assert_eq!(client(&h, None), "192.0.2.7");
+    fn client_address_is_the_trusted_proxys_word() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let lo = Some("127.0.0.1".parse().unwrap());
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, 192.0.2.7")]);
+        assert_eq!(client(&h, lo, &trusted), "192.0.2.7");
+        // Past the trusted proxies' own entries (a CDN in 10/8 in front of nginx).
+        let h = headers(&[("x-forwarded-for", "192.0.2.7, 10.1.1.1")]);
+        assert_eq!(client(&h, lo, &trusted), "192.0.2.7");
         let h = headers(&[("x-forwarded-for", "::ffff:192.0.2.8")]);
-        assert_eq!(client(&h, None), "192.0.2.8");
-        assert_eq!(
-            client(&HeaderMap::new(), Some("127.0.0.1".parse().unwrap())),
-            "127.0.0.1"
-        );
+        assert_eq!(client(&h, lo, &trusted), "192.0.2.8");
+        assert_eq!(client(&HeaderMap::new(), lo, &trusted), "127.0.0.1");
+        // From anyone else, the header is the client's word: not believed.
+        let h = headers(&[("x-forwarded-for", "192.0.2.7")]);
+        let other = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(client(&h, other, &trusted), "198.51.100.1");
+        let h = headers(&[("x-forwarded-for", "not-an-address")]);
+        assert_eq!(client(&h, lo, &trusted), "127.0.0.1");
     }
 
     #[test]
