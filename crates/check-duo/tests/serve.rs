@@ -676,12 +676,27 @@ fn access_rules_bypass_deny_and_no_push_paths() {
     let r = d.auth_request(&format!("{APP}/public/logo.png"), "");
     assert_eq!((r.status, r.header("remote-user")), (200, None));
     assert_eq!(d.auth_request(&format!("{APP}/admin/x"), "").status, 403);
-    let r = d.auth_request(&format!("{APP}/api/poll?x"), "");
+    // A background poll: a bare 401 for forward-auth; nginx needs a Location on every 401.
+    let r = d.send(
+        "GET",
+        "/api/authz/forward-auth",
+        &[
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "127.0.0.1:8080"),
+            ("X-Forwarded-Uri", "/api/poll?x"),
+            ("X-Forwarded-Method", "GET"),
+            ("Accept", "text/html"),
+        ],
+        None,
+    );
     assert_eq!(
         (r.status, r.header("location")),
         (401, None),
-        "no way in from a background poll"
+        "no redirect for a poll"
     );
+    let r = d.auth_request(&format!("{APP}/api/poll?x"), "");
+    assert_eq!(r.status, 401);
+    assert!(r.header("location").is_some());
     // Paths that walk around a rule: no bypass without a session, a 400 for the ambiguous.
     for path in [
         "/public/../secret",

@@ -21,9 +21,10 @@ use super::App;
 pub enum Answer {
     /// Pass, as this user (`None`: a bypass rule, nobody signed in).
     Allow(Option<String>),
-    /// Not signed in: the portal URL to send a browser to (`None`: a path that never starts a
-    /// sign-in, or a host this gate does not know, answered 401 without a way in).
-    SignIn(Option<String>),
+    /// Not signed in: the portal URL to send a browser to. `quiet`: a path of
+    /// `limits.no_push_paths` (background polls), answered a bare 401 where the proxy allows it
+    /// (nginx needs the `Location` of every 401 for its `error_page`).
+    SignIn { url: String, quiet: bool },
     /// Refused (a deny rule, a target the gate does not protect).
     Forbidden,
     /// The session store could not tell: never a grant.
@@ -113,16 +114,13 @@ fn session(
         headers,
         &CookieStyle::new(portal, domain).name(session::NAME),
     );
-    let sign_in = || {
-        if check_duo_core::limits::no_push_path(&app.cfg.policy.limits, &t.uri) {
-            None
-        } else {
-            Some(portal_redirect(&portal.url, t))
-        }
+    let sign_in = || Answer::SignIn {
+        url: portal_redirect(&portal.url, t),
+        quiet: check_duo_core::limits::no_push_path(&app.cfg.policy.limits, &t.uri),
     };
     let Some(token) = token else {
         let d = Decision::deny(Event::NoCookie, "no session cookie");
-        return (Answer::SignIn(sign_in()), d);
+        return (sign_in(), d);
     };
     let req = Request {
         session: Some(token),
@@ -137,7 +135,7 @@ fn session(
         Some(d) => (Answer::Unavailable, d),
         None => {
             let d = Decision::deny(Event::NoSession, "no valid session for this cookie");
-            (Answer::SignIn(sign_in()), d)
+            (sign_in(), d)
         }
     }
 }
@@ -171,10 +169,10 @@ fn reply(
     let head = method == Method::HEAD;
     let (status, location, user, text) = match answer {
         Answer::Allow(user) => (StatusCode::OK, None, user, "ok"),
-        Answer::SignIn(Some(url)) if family == Family::Unauthorized => {
+        Answer::SignIn { url, .. } if family == Family::Unauthorized => {
             (StatusCode::UNAUTHORIZED, Some(url), None, "sign in")
         }
-        Answer::SignIn(Some(url)) if target::wants_html(headers) => {
+        Answer::SignIn { url, quiet: false } if target::wants_html(headers) => {
             let get_like = ["GET", "HEAD", "OPTIONS"].contains(&original);
             let status = if get_like {
                 StatusCode::FOUND
@@ -183,7 +181,7 @@ fn reply(
             };
             (status, Some(url), None, "sign in")
         }
-        Answer::SignIn(_) => (StatusCode::UNAUTHORIZED, None, None, "sign in"),
+        Answer::SignIn { .. } => (StatusCode::UNAUTHORIZED, None, None, "sign in"),
         Answer::Forbidden => (StatusCode::FORBIDDEN, None, None, "forbidden"),
         Answer::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None, None, "unavailable"),
     };

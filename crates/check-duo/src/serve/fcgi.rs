@@ -58,10 +58,12 @@ pub fn reply(answer: &Answer, groups: &str) -> String {
             "Status: 200\r\nVariable-REMOTE_USER: {}\r\nVariable-REMOTE_GROUPS: {groups}\r\n\r\n",
             user.as_deref().unwrap_or(BYPASS_USER)
         ),
-        Answer::SignIn(Some(url)) => {
+        Answer::SignIn { url, quiet: false } => {
             format!("Status: 302\r\nLocation: {url}\r\nContent-Type: text/plain\r\n\r\nsign in\n")
         }
-        Answer::SignIn(None) => "Status: 401\r\nContent-Type: text/plain\r\n\r\nsign in\n".into(),
+        Answer::SignIn { quiet: true, .. } => {
+            "Status: 401\r\nContent-Type: text/plain\r\n\r\nsign in\n".into()
+        }
         Answer::Forbidden => "Status: 403\r\nContent-Type: text/plain\r\n\r\nforbidden\n".into(),
         Answer::Unavailable => {
             "Status: 503\r\nContent-Type: text/plain\r\n\r\nunavailable\n".into()
