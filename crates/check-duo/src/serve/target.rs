@@ -177,13 +177,17 @@ fn path(header: &'static str, u: &str) -> Result<String, BadHeader> {
     Ok(pq.as_str().to_string())
 }
 
-/// Traefik, Caddy, HAProxy: `X-Forwarded-Proto`, `-Host`, `-Uri`, `-Method`.
-pub fn forwarded(h: &HeaderMap) -> Result<Target, BadHeader> {
-    let https = scheme("X-Forwarded-Proto", text(h, "X-Forwarded-Proto")?)?;
-    let (authority, host) = authority("X-Forwarded-Host", text(h, "X-Forwarded-Host")?)?;
-    let uri = path("X-Forwarded-Uri", text(h, "X-Forwarded-Uri")?)?;
-    let method = method("X-Forwarded-Method", text(h, "X-Forwarded-Method")?)?;
-    let canonical = canonical("X-Forwarded-Uri", &uri)?;
+/// A target from its checked scheme, host and method, and its path and query as sent (checked
+/// here, under the name of the header that carried it).
+fn target(
+    https: bool,
+    (authority, host): (String, String),
+    uri_header: &'static str,
+    uri: &str,
+    method: String,
+) -> Result<Target, BadHeader> {
+    let uri = path(uri_header, uri)?;
+    let canonical = canonical(uri_header, &uri)?;
     Ok(Target {
         https,
         authority,
@@ -194,47 +198,36 @@ pub fn forwarded(h: &HeaderMap) -> Result<Target, BadHeader> {
     })
 }
 
+/// Traefik, Caddy, HAProxy: `X-Forwarded-Proto`, `-Host`, `-Uri`, `-Method`.
+pub fn forwarded(h: &HeaderMap) -> Result<Target, BadHeader> {
+    let https = scheme("X-Forwarded-Proto", text(h, "X-Forwarded-Proto")?)?;
+    let host = authority("X-Forwarded-Host", text(h, "X-Forwarded-Host")?)?;
+    let uri = text(h, "X-Forwarded-Uri")?;
+    let method = method("X-Forwarded-Method", text(h, "X-Forwarded-Method")?)?;
+    target(https, host, "X-Forwarded-Uri", uri, method)
+}
+
 /// nginx: `X-Original-URL` (absolute) and `X-Original-Method`.
 pub fn original(h: &HeaderMap) -> Result<Target, BadHeader> {
     const URL: &str = "X-Original-URL";
-    let url: Uri = text(h, "X-Original-URL")?
+    let url: Uri = text(h, URL)?
         .parse()
         .map_err(|_| bad(URL, "not an absolute URL"))?;
     let https = scheme(URL, url.scheme_str().unwrap_or(""))?;
-    let (authority, host) = authority(URL, url.authority().map_or("", |a| a.as_str()))?;
-    let uri = path(URL, url.path_and_query().map_or("/", |p| p.as_str()))?;
+    let host = authority(URL, url.authority().map_or("", |a| a.as_str()))?;
     let method = method("X-Original-Method", text(h, "X-Original-Method")?)?;
-    let canonical = canonical(URL, &uri)?;
-    Ok(Target {
-        https,
-        authority,
-        host,
-        uri,
-        method,
-        canonical,
-    })
+    let uri = url.path_and_query().map_or("/", |p| p.as_str());
+    target(https, host, URL, uri, method)
 }
 
 /// Envoy: the request line is the original (after the endpoint's prefix), `Host` its host,
 /// `X-Forwarded-Proto` its scheme.
 pub fn envoy(request_method: &str, rest: &str, h: &HeaderMap) -> Result<Target, BadHeader> {
     let https = scheme("X-Forwarded-Proto", text(h, "X-Forwarded-Proto")?)?;
-    let (authority, host) = authority("Host", text(h, "Host")?)?;
-    let uri = if rest.is_empty() {
-        "/".to_string()
-    } else {
-        path("path", rest)?
-    };
+    let host = authority("Host", text(h, "Host")?)?;
     let method = method("method", request_method)?;
-    let canonical = canonical("path", &uri)?;
-    Ok(Target {
-        https,
-        authority,
-        host,
-        uri,
-        method,
-        canonical,
-    })
+    let uri = if rest.is_empty() { "/" } else { rest };
+    target(https, host, "path", uri, method)
 }
 
 /// The legacy `/api/verify`: either header family.
