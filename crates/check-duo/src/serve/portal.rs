@@ -454,17 +454,18 @@ pub async fn sign_in(
     };
     // The attempt runs on its own: a client that goes away (or a request timeout) cannot leave
     // a push that nobody follows, or a flow that waits for ever.
+    // The flow's place is taken first, so that no push goes out without one to follow it; its
+    // id reaches the browser only with this answer.
+    if !app.flows.insert(id.clone(), flow) {
+        return failure(app, BUSY);
+    }
     let (user, from, flow_id) = (f.username.clone(), client.clone(), id.clone());
     let attempt = tokio::spawn(async move {
         let d = blocking(move || app.with_gate(|g| g.authenticate(&req))).await;
         // A flow only for a password known to be right: whatever else went wrong before or
         // during its check (a ban, the store) leaves nothing to continue from.
         if !d.password_verified {
-            return Err(log_decision(app, &user, &from, "login", d, started));
-        }
-        if !app.flows.insert(flow_id.clone(), flow) {
-            let mut d = d;
-            d.note("no room for another sign-in in progress");
+            app.flows.remove(&flow_id);
             return Err(log_decision(app, &user, &from, "login", d, started));
         }
         settle(app, &flow_id, d, &user, &from, started, permit);
