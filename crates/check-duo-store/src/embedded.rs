@@ -330,20 +330,21 @@ fn ttl_secs(ttl: Duration) -> i64 {
 impl Store for EmbeddedStore {
     fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
         self.read("read", None, |c| {
-            c.query_row(
+            // Cached: a long-running process reads sessions all day, and parsing the statement
+            // costs as much as running it.
+            c.prepare_cached(
                 "SELECT user, approved_at, tag, ip, last_seen FROM sessions
                  WHERE key = ?1 AND expires_at > ?2",
-                params![key, now],
-                |r| {
-                    Ok(Entry {
-                        user: r.get(0)?,
-                        approved_at: r.get(1)?,
-                        tag: r.get(2)?,
-                        ip: r.get(3)?,
-                        last_seen: r.get(4)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![key, now], |r| {
+                Ok(Entry {
+                    user: r.get(0)?,
+                    approved_at: r.get(1)?,
+                    tag: r.get(2)?,
+                    ip: r.get(3)?,
+                    last_seen: r.get(4)?,
+                })
+            })
             .optional()
         })
     }

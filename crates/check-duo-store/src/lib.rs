@@ -59,6 +59,32 @@ fn lock_token() -> LockToken {
     LockToken(hex::encode(b))
 }
 
+/// Open the store the config names, with `connections` connections to Redis (the embedded store
+/// has one): for a long-running process.
+pub fn open_pooled(cfg: &CacheConfig, connections: usize) -> Result<Box<dyn Store>, StoreError> {
+    match cfg {
+        CacheConfig::Embedded { .. } => open(cfg),
+        CacheConfig::Sentinel {
+            spec,
+            prefix,
+            ca_pem,
+            timeout,
+        } => Ok(Box::new(
+            RedisStore::open_sentinel(spec.clone(), prefix, ca_pem.as_deref(), *timeout)?
+                .with_connections(connections)?,
+        )),
+        CacheConfig::Redis {
+            url,
+            prefix,
+            ca_pem,
+            timeout,
+        } => Ok(Box::new(
+            RedisStore::open(url.expose(), prefix, ca_pem.as_deref(), *timeout)?
+                .with_connections(connections)?,
+        )),
+    }
+}
+
 /// Open the store the config names (once per process: it is shared by every request).
 pub fn open(cfg: &CacheConfig) -> Result<Box<dyn Store>, StoreError> {
     match cfg {

@@ -2,6 +2,7 @@
 //! One server, or the master that Sentinel names (see [`crate::sentinel`]); the keys and commands
 //! are the same.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Commands as _;
@@ -13,7 +14,10 @@ use super::{Entry, LockToken, SessionInfo, Store, StoreError};
 /// master Sentinel names, replaced (and the command retried once where that is safe) when it
 /// fails, so that a long-running process outlives a restart or a failover of Redis.
 pub struct RedisStore {
-    link: Master,
+    /// One connection or more, taken in turn: a long-running process answers many requests at
+    /// once, and one connection would take them one after the other.
+    links: Vec<Master>,
+    next: AtomicUsize,
     prefix: String,
 }
 
@@ -48,9 +52,20 @@ impl RedisStore {
         }
         .map_err(err("url"))?;
         Ok(RedisStore {
-            link: Master::server(client, timeout)?,
+            links: vec![Master::server(client, timeout)?],
+            next: AtomicUsize::new(0),
             prefix: prefix.to_string(),
         })
+    }
+
+    /// `n` connections in all (at least one), made with what made this one: for a process that
+    /// serves many requests at once.
+    pub fn with_connections(mut self, n: usize) -> Result<Self, StoreError> {
+        while self.links.len() < n {
+            let more = self.links[0].another()?;
+            self.links.push(more);
+        }
+        Ok(self)
     }
 
     /// The master the sentinels of `spec` name, asked for and connected to within `timeout`.
@@ -62,7 +77,8 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         Ok(RedisStore {
-            link: Master::open(spec, ca_pem, timeout)?,
+            links: vec![Master::open(spec, ca_pem, timeout)?],
+            next: AtomicUsize::new(0),
             prefix: prefix.to_string(),
         })
     }
@@ -75,7 +91,11 @@ impl RedisStore {
         retry: Retry,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        self.link.run(what, retry, f)
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
+        match self.links.get(i) {
+            Some(link) => link.run(what, retry, f),
+            None => Err(StoreError::new("redis", what, "no connection")),
+        }
     }
 
     fn session_key(&self, key: &str) -> String {

@@ -139,6 +139,15 @@ impl Master {
         })
     }
 
+    /// Another connection to the same master (or server), made now.
+    pub(crate) fn another(&self) -> Result<Master, StoreError> {
+        let conn = connect(&self.inner, Instant::now() + self.inner.timeout)?;
+        Ok(Master {
+            inner: Arc::clone(&self.inner),
+            conn: Mutex::new(Some(conn)),
+        })
+    }
+
     fn slot(&self) -> MutexGuard<'_, Option<redis::Connection>> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -266,7 +266,7 @@ async fn answer(
         }
     };
     let client = target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
-    let a = tokio::task::block_in_place(|| decide(app, &t, &headers, &client));
+    let a = app.lookup(|| decide(app, &t, &headers, &client));
     let groups = match &a {
         Answer::Allow(Some(u)) => app.groups(u).join(","),
         _ => String::new(),

@@ -114,7 +114,7 @@ pub async fn serve(
                     let _ = request
                         .process(|r| async move {
                             let param = |name: &str| r.get_str_param(name).map(str::to_string);
-                            let out = tokio::task::block_in_place(|| decide(app, &param));
+                            let out = app.lookup(|| decide(app, &param));
                             let mut stdout = r.get_stdout();
                             // Headers and body in one write, as Apache reads them.
                             if stdout.write(out.as_bytes()).await.is_err() {

@@ -3,8 +3,8 @@
 //! runs the sign-in on its own pages ([`portal`]): the password, then a push that starts at once
 //! and a waiting page that follows it. The rules are the core's; this module is HTTP around them.
 //!
-//! The core is synchronous: a session lookup runs in place on the runtime's thread
-//! (`block_in_place`, microseconds), password checks and Duo calls on the blocking pool.
+//! The core is synchronous: a session lookup runs on the runtime's thread ([`App::lookup`]:
+//! microseconds), password checks and Duo calls on the blocking pool.
 
 pub mod authz;
 pub mod fcgi;
@@ -32,6 +32,10 @@ use crate::config::Config;
 use metrics::{Metrics, TimedDuo, TimedStore};
 pub use settings::ServerConfig;
 
+/// Connections to Redis, taken in turn (the embedded store has one, and needs no more: a read
+/// is a few microseconds).
+pub const REDIS_CONNECTIONS: usize = 4;
+
 /// Longest form body read (sign-in, passcode, logout).
 pub const MAX_BODY: usize = 16 * 1024;
 /// Longest a request may take to be answered (a slow client included).
@@ -49,6 +53,8 @@ pub struct App {
     pub flows: portal::Flows,
     /// Places for sign-ins in progress (see [`portal::MAX_SIGN_INS`]).
     pub sign_ins: tokio::sync::Semaphore,
+    /// The store is the embedded one (see [`App::lookup`]).
+    pub embedded: bool,
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
     /// were last read.
     policy: RwLock<Arc<Policy>>,
@@ -76,6 +82,7 @@ impl App {
             cfg.policy.keys = keys;
         }
         let cfg_policy = cfg.policy.clone();
+        let embedded = matches!(cfg.cache, crate::config::CacheConfig::Embedded { .. });
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
         Ok(Box::leak(Box::new(App {
             cfg,
@@ -93,6 +100,7 @@ impl App {
             wait,
             flows: portal::Flows::default(),
             sign_ins: tokio::sync::Semaphore::new(portal::MAX_SIGN_INS),
+            embedded,
             policy: RwLock::new(Arc::new(cfg_policy)),
         })))
     }
@@ -132,6 +140,17 @@ impl App {
         d
     }
 
+    /// Run a store lookup (and an HMAC) from the runtime: in place for the embedded store (a few
+    /// microseconds of SQLite, cheaper than handing the thread over), on a thread the runtime
+    /// lets go of for Redis (a round trip, or its timeout when Redis hangs).
+    pub fn lookup<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.embedded {
+            f()
+        } else {
+            tokio::task::block_in_place(f)
+        }
+    }
+
     /// The routes: the authorization endpoints at the root (the proxies call the daemon
     /// directly), the portal under the path of `portal_url`.
     pub fn router(&'static self) -> Router {
@@ -167,7 +186,7 @@ async fn health(
     axum::extract::State(app): axum::extract::State<&'static App>,
 ) -> (axum::http::StatusCode, &'static str) {
     let now = app.clock.unix();
-    match tokio::task::block_in_place(|| app.store.count("health", now)) {
+    match app.lookup(|| app.store.count("health", now)) {
         Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
         Err(_) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -196,7 +215,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.path.display()
         ));
     }
-    let store = check_duo_store::open(&cfg.cache).map_err(|e| format!("session store: {e}"))?;
+    let store = check_duo_store::open_pooled(&cfg.cache, REDIS_CONNECTIONS)
+        .map_err(|e| format!("session store: {e}"))?;
     let duo_cfg: &'static crate::config::DuoConfig = Box::leak(Box::new(cfg.duo.clone()));
     let app = App::build(
         cfg,

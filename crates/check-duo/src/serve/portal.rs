@@ -282,7 +282,7 @@ fn signed_in(
         ip: super::target::client(headers, Some(peer.ip()), &app.server.trusted_proxies),
         ..Request::default()
     };
-    let d = tokio::task::block_in_place(|| app.with_gate(|g| g.authorize(&req)))?;
+    let d = app.lookup(|| app.with_gate(|g| g.authorize(&req)))?;
     d.granted().then(|| d.user.unwrap_or_default())
 }
 
@@ -962,7 +962,7 @@ pub async fn logout(
             ip: client.clone(),
             ..Request::default()
         };
-        let d = tokio::task::block_in_place(|| app.with_gate(|g| g.logout(&req)));
+        let d = app.lookup(|| app.with_gate(|g| g.logout(&req)));
         failed |= d.event == Event::StoreError;
         log_decision(app, "", &client, "logout", d, started);
         cookies.push(CookieStyle::new(portal(app), domain.as_deref()).clear_session());
