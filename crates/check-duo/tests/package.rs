@@ -1,8 +1,14 @@
 //! The INSTALLED Debian package (scripts/test-package builds it, `dpkg -i`s it, runs this test with
 //! `CHECK_DUO_INSTALLED_PACKAGE=1`, then purges it): files, owners and modes of the
-//! least-privilege setup, then the end-to-end path through a real Apache running the installed
-//! `/usr/bin/check-duo` as an unprivileged user with the installed config location, store
-//! directory and audit directory. Without the variable the test says it skipped and passes.
+//! least-privilege setup; who may run the setgid copy `/usr/lib/check-duo/check-duo` (the members
+//! of `check-duo-run`: Apache's user `www-data`, not `nobody`) and that `/usr/bin/check-duo`
+//! gives no caller the group; then the end-to-end path through a real Apache running the installed
+//! setgid copy as an unprivileged user with the installed config location, store directory and
+//! audit directory. Without the variable the test says it skipped and passes.
+//!
+//! The harness's Apache runs its children as `nobody`: for the end-to-end part only, the test
+//! grants `nobody` the right as an administrator would (`usermod -a -G check-duo-run nobody`),
+//! and takes it back afterwards (`gpasswd -d`).
 //!
 //! Apache is started with the shared harness (tests/support/apache.rs), which renders the
 //! repository's deploy/apache/check-duo.conf; the test first proves that the installed
@@ -26,7 +32,14 @@ use support::apache::{Apache, ApacheSpec, APACHE2, AUTHNZ_EXTERNAL_SO, DEPLOY_DI
 use support::process::chmod;
 
 const ENV: &str = "CHECK_DUO_INSTALLED_PACKAGE";
+/// root's admin commands and `check-duo serve`: not setgid.
 const BIN: &str = "/usr/bin/check-duo";
+/// What Apache runs: setgid check-duo, in a directory only root and `check-duo-run` may enter.
+const SETGID_BIN: &str = "/usr/lib/check-duo/check-duo";
+const LIB_DIR: &str = "/usr/lib/check-duo";
+const RUN_GROUP: &str = "check-duo-run";
+/// Apache's user on Debian (APACHE_RUN_USER), which postinst adds to `check-duo-run`.
+const APACHE_USER: &str = "www-data";
 const CONFIG: &str = "/etc/check-duo/config.json";
 const AUDIT: &str = "/var/log/check-duo/audit.jsonl";
 const STORE: &str = "/var/lib/check-duo/sessions.db";
@@ -38,14 +51,33 @@ const USER: &str = "alice";
 const PASSWORD: &str = "correct horse, battery=staple&1";
 const SECRET: &str = "check-duo-package-protected-content";
 
-fn gid_of(group: &str) -> u32 {
+/// (gid, members) of a group in /etc/group.
+fn group(group: &str) -> (u32, Vec<String>) {
     let text = fs::read_to_string("/etc/group").unwrap();
     text.lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&group)).then(|| f[2].parse().unwrap())
+            (f.first() == Some(&group)).then(|| {
+                let members = f[3]
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                (f[2].parse().unwrap(), members)
+            })
         })
         .unwrap_or_else(|| panic!("group {group} does not exist"))
+}
+
+fn gid_of(name: &str) -> u32 {
+    group(name).0
+}
+
+/// Give `user` the right to run the setgid copy, as an administrator does.
+fn grant_run_right(user: &str) {
+    let (code, out, err) = run(Command::new("usermod").args(["-a", "-G", RUN_GROUP, user]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(group(RUN_GROUP).1.iter().any(|m| m == user));
 }
 
 /// (mode & 07777, uid, gid)
@@ -77,6 +109,7 @@ fn installed_package() {
         return;
     }
     files_and_modes();
+    who_may_run();
     serve_unit();
     let template = fs::read(CONFIG).unwrap();
     // The shipped template has no user: config check must say so and fail.
@@ -84,18 +117,43 @@ fn installed_package() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("key `usernames`"), "{out}");
 
+    // The harness's Apache children run as `nobody`: let it run the setgid copy, for this part.
+    grant_run_right("nobody");
     let result = std::panic::catch_unwind(end_to_end);
-    // Put the package's own config back, whatever happened (the purge removes it anyway).
+    // Take the right back and put the package's own config back, whatever happened (the purge
+    // removes the config anyway; scripts/test-package deletes the group before installing).
+    let revoked = run(Command::new("gpasswd").args(["-d", "nobody", RUN_GROUP]));
     fs::write(CONFIG, template).unwrap();
     let _ = fs::remove_file("/etc/check-duo/duo-sim-ca.pem");
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+    assert_eq!(
+        revoked.0, 0,
+        "gpasswd -d nobody {RUN_GROUP}: {}{}",
+        revoked.1, revoked.2
+    );
+    // Taken back: nobody cannot run it any more.
+    let (code, _, err) = run(Command::new("runuser").args(["-u", "nobody", "--", SETGID_BIN]));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
 }
 
 fn files_and_modes() {
     let g = gid_of("check-duo");
-    assert_eq!(stat(BIN), (0o2755, 0, g), "{BIN}");
+    let (run_gid, members) = group(RUN_GROUP);
+    // /usr/bin/check-duo grants nothing; the setgid copy is behind a directory of check-duo-run.
+    assert_eq!(stat(BIN), (0o755, 0, 0), "{BIN}");
+    assert_eq!(stat(LIB_DIR), (0o750, 0, run_gid), "{LIB_DIR}");
+    assert_eq!(stat(SETGID_BIN), (0o2755, 0, g), "{SETGID_BIN}");
+    assert_eq!(fs::read(BIN).unwrap(), fs::read(SETGID_BIN).unwrap());
+    assert_eq!(
+        fs::read_dir(LIB_DIR).unwrap().count(),
+        1,
+        "{LIB_DIR} holds more"
+    );
+    // postinst put Apache's user, and only it, in the group.
+    assert_eq!(members, [APACHE_USER], "members of {RUN_GROUP}");
     assert_eq!(stat("/etc/check-duo"), (0o750, 0, g));
     assert_eq!(stat(CONFIG), (0o640, 0, g));
     assert_eq!(stat("/etc/check-duo/session-passphrase"), (0o600, 0, 0));
@@ -131,34 +189,68 @@ fn files_and_modes() {
         let (mode, uid, _) = stat(f);
         assert_eq!((mode, uid), (0o644, 0), "{f}");
     }
-    // The Apache snippet is the repository's, with only the binary path changed.
+    // The Apache snippet is the repository's, with only the binary path changed: the setgid copy.
     let shipped = fs::read_to_string(format!("{DEPLOY_DIR}/check-duo.conf")).unwrap();
     let installed = fs::read_to_string("/etc/apache2/conf-available/check-duo.conf").unwrap();
     assert_eq!(
         installed,
         shipped.replace(
             "\"/usr/local/bin/check-duo -c /etc/check-duo/config.json\"",
-            "\"/usr/bin/check-duo -c /etc/check-duo/config.json\""
+            "\"/usr/lib/check-duo/check-duo -c /etc/check-duo/config.json\""
         )
     );
-    assert!(installed.contains("DefineExternalAuth duo pipe \"/usr/bin/check-duo -c"));
+    assert!(installed.contains("DefineExternalAuth duo pipe \"/usr/lib/check-duo/check-duo -c"));
     assert_eq!(
         fs::read("/usr/share/check-duo/login/index.html").unwrap(),
         fs::read(format!("{DEPLOY_DIR}/login/index.html")).unwrap()
     );
-    let (code, out, _) = run(Command::new(BIN).arg("--version"));
-    assert!(out.starts_with("check-duo "), "{code} {out}");
-    // Apache's unprivileged user cannot read the configuration without the binary's group.
-    let (code, _, err) = run(Command::new("runuser").args(["-u", "nobody", "--", "cat", CONFIG]));
-    assert_ne!(code, 0, "nobody read {CONFIG}");
+    for bin in [BIN, SETGID_BIN] {
+        let (code, out, _) = run(Command::new(bin).arg("--version"));
+        assert!(out.starts_with("check-duo "), "{bin}: {code} {out}");
+    }
+    // Neither Apache's user nor anybody else reads the configuration without the group.
+    for user in ["nobody", APACHE_USER] {
+        let (code, _, err) = run(Command::new("runuser").args(["-u", user, "--", "cat", CONFIG]));
+        assert_ne!(code, 0, "{user} read {CONFIG}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+}
+
+/// Who may run the setgid copy, and what `/usr/bin/check-duo` gives the others.
+fn who_may_run() {
+    // A user outside check-duo-run cannot even start the setgid copy: the directory stops it.
+    for args in [vec!["--version"], vec!["-c", CONFIG]] {
+        let (code, _, err) = run(Command::new("runuser")
+            .args(["-u", "nobody", "--", SETGID_BIN])
+            .args(&args));
+        assert_ne!(code, 0, "nobody ran {SETGID_BIN}: {err}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    let (code, _, err) = run(Command::new("runuser").args(["-u", "nobody", "--", "ls", LIB_DIR]));
+    assert_ne!(code, 0, "nobody listed {LIB_DIR}");
     assert!(err.contains("Permission denied"), "{err}");
-    // Through the setgid binary, the caller cannot pick another config (whose limits or audit
-    // file would act on the real store and log) nor run admin commands.
+    // /usr/bin/check-duo runs for anybody, but without the group: a request it is given cannot
+    // read the configuration, and is denied with a message that names the binary to run.
+    let (code, err) = request_as("nobody", BIN, "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("event=config_error"), "{err}");
+    assert!(err.contains("cannot read: Permission denied"), "{err}");
+    assert!(err.contains(SETGID_BIN), "{err}");
+    // Apache's user runs the setgid copy (the end-to-end test below shows it reads the config).
+    let (code, out, err) =
+        run(Command::new("runuser").args(["-u", APACHE_USER, "--", SETGID_BIN, "--version"]));
+    // (--version exits 1 in the drop-in mode: not a grant.)
+    assert!(
+        out.starts_with("check-duo "),
+        "{APACHE_USER} could not run {SETGID_BIN}: {code} {out}{err}"
+    );
+    // Through the setgid copy, its caller cannot pick another config (whose limits or audit file
+    // would act on the real store and log) nor run admin commands.
     let evil = "/tmp/check-duo-package-other-config.json";
     fs::write(evil, "{}").unwrap();
     let (code, _, err) = run(Command::new("sh").args([
         "-c",
-        &format!("printf 'u\\np\\n' | runuser -u nobody -- {BIN} -c {evil}"),
+        &format!("printf 'u\\np\\n' | runuser -u {APACHE_USER} -- {SETGID_BIN} -c {evil}"),
     ]));
     let _ = fs::remove_file(evil);
     assert_eq!(code, 1, "{err}");
@@ -166,8 +258,14 @@ fn files_and_modes() {
         err.contains("reads only /etc/check-duo/config.json"),
         "{err}"
     );
-    let (code, _, err) =
-        run(Command::new("runuser").args(["-u", "nobody", "--", BIN, "sessions", "list"]));
+    let (code, _, err) = run(Command::new("runuser").args([
+        "-u",
+        APACHE_USER,
+        "--",
+        SETGID_BIN,
+        "sessions",
+        "list",
+    ]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("do not run with the setgid group"), "{err}");
 }
@@ -329,10 +427,11 @@ fn end_to_end() {
         &dir.path().join("apache"),
         &ApacheSpec {
             name: "apache-installed",
-            authenticator: &format!("{BIN} -c {CONFIG}"),
+            authenticator: &format!("{SETGID_BIN} -c {CONFIG}"),
             passphrase: "package test session passphrase",
             docroot: &docroot,
-            // The package's own snippet, running the installed binary with the installed config.
+            // The package's own snippet, running the installed setgid copy (as `nobody`, granted
+            // the right above) with the installed config.
             installed_conf: Some(Path::new("/etc/apache2/conf-available/check-duo.conf")),
         },
     );
@@ -405,27 +504,34 @@ fn end_to_end() {
     assert_eq!(status, 200, "{}", apache.error_log());
     assert_eq!(sim.pushes().len(), 2, "{}", apache.error_log());
 
+    // Apache's user of the package, run directly: through the setgid copy it reads the config
+    // (and the store: the login form's password is granted).
+    let (code, err) = request_as(APACHE_USER, SETGID_BIN, "CONTEXT=login");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("event=login_password"), "{err}");
+
     a_local_user_cannot_take_the_store_over(g);
 }
 
-/// One protected request through the setgid binary as `nobody` (a local user, not Apache):
-/// its exit status and log line.
-fn request_as_nobody() -> (i32, String) {
+/// One request as `user` through `bin` (`context`: extra variables, e.g. `CONTEXT=login`): its
+/// exit status and log line.
+fn request_as(user: &str, bin: &str, context: &str) -> (i32, String) {
     let (code, _, err) = run(Command::new("sh")
         .args([
             "-c",
             &format!(
-                "printf '{USER}\\n%s\\n' \"$PW\" | runuser -u nobody -- env -i \
-             COOKIE=formsession=bG9jYWwtdXNlcg== IP=192.0.2.9 URI=/private/ \
-             {BIN} -c {CONFIG}"
+                "printf '{USER}\\n%s\\n' \"$PW\" | runuser -u {user} -- env -i \
+             COOKIE=formsession=bG9jYWwtdXNlcg== IP=192.0.2.9 URI=/private/ {context} \
+             {bin} -c {CONFIG}"
             ),
         ])
         .env("PW", PASSWORD));
     (code, err)
 }
 
-/// A local user who runs the setgid binary before Apache does cannot create the store (and so
-/// own it), and a store file others may read is refused.
+/// A user allowed to run the setgid copy (`www-data`, a PHP script of Apache's user, any member
+/// of check-duo-run) who runs it before Apache does cannot create the store (and so own it), and
+/// a store file others may read is refused.
 fn a_local_user_cannot_take_the_store_over(g: u32) {
     let all: Vec<String> = ["", "-wal", "-shm"]
         .iter()
@@ -434,20 +540,23 @@ fn a_local_user_cannot_take_the_store_over(g: u32) {
     for f in &all {
         fs::rename(f, format!("{f}.saved")).unwrap();
     }
-    let (code, err) = request_as_nobody();
+    let (code, err) = request_as(APACHE_USER, SETGID_BIN, "");
     let created = Path::new(STORE).exists();
     for f in &all {
         let _ = fs::remove_file(f);
         fs::rename(format!("{f}.saved"), f).unwrap();
     }
     assert_eq!(code, 1, "{err}");
-    assert!(!created, "a setgid run by nobody created {STORE}: {err}");
+    assert!(
+        !created,
+        "a setgid run by {APACHE_USER} created {STORE}: {err}"
+    );
     assert!(err.contains("event=store_error"), "{err}");
     assert!(err.contains("does not create it"), "{err}");
     assert!(err.contains(STORE), "{err}");
 
     chmod(Path::new(STORE), 0o644);
-    let (code, err) = request_as_nobody();
+    let (code, err) = request_as(APACHE_USER, SETGID_BIN, "");
     chmod(Path::new(STORE), 0o660);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("mode 0644"), "{err}");
