@@ -23,7 +23,7 @@ const LONG_ABOUT: &str = "\
 Two-factor authenticator for Apache mod_authnz_external: password, then Duo Push.
 
 Without a subcommand, check-duo is the authenticator Apache runs for every protected request \
-(`DefineExternalAuth duo pipe \"/usr/bin/check-duo -c /etc/check-duo/config.json\"`): it reads \
+(`DefineExternalAuth duo pipe \"/usr/lib/check-duo/check-duo -c /etc/check-duo/config.json\"`, the package's setgid copy): it reads \
 the user name and the password from stdin (or USER and PASS with --protocol environment), the \
 client address, host, URI, context and cookie from IP, HTTP_HOST, URI, CONTEXT and COOKIE, and \
 exits 0 to grant or 1 to deny, with one line on stderr (Apache's ErrorLog) saying why. No other \
