@@ -10,7 +10,7 @@ use crate::secret::Secret;
 use crate::sign::{self, Canonical, SigVersion};
 use crate::types::{
     AuthRequest, AuthResult, AuthStart, AuthStatus, AuthStatusRaw, Envelope, Factor, Ping, Preauth,
-    PreauthRaw,
+    PreauthAnswer, PreauthOptions, PreauthRaw,
 };
 
 /// How to reach one Duo application.
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Client {
 }
 
 /// The rustls configuration: compiled-in roots plus the extra CA, nothing from the environment.
-fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Error> {
+pub(crate) fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
@@ -92,25 +92,43 @@ fn resolve(netloc: &str, timeout: Duration) -> std::io::Result<Vec<std::net::Soc
     })
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 
+/// The agent every client uses: our TLS roots, resolution with a deadline, no redirects.
+pub(crate) fn build_agent(
+    extra_ca_pem: Option<&[u8]>,
+    call_timeout: Duration,
+) -> Result<ureq::Agent, Error> {
+    let tls = tls_config(extra_ca_pem)?;
+    Ok(ureq::AgentBuilder::new()
+        .resolver(move |netloc: &str| resolve(netloc, call_timeout))
+        .tls_config(tls)
+        .timeout_connect(call_timeout)
+        .timeout(call_timeout)
+        .redirects(0)
+        .user_agent(concat!("duo-auth-rs/", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
+/// A transport failure, named for the decision it drives.
+pub(crate) fn transport_error(t: &ureq::Transport, deadline: Instant) -> Error {
+    if let Some(tls) = tls_failure(t) {
+        Error::Tls(tls)
+    } else if Instant::now() >= deadline || is_timeout(t) {
+        Error::Timeout
+    } else {
+        Error::Transport(t.to_string())
+    }
+}
+
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
-        let tls = tls_config(cfg.extra_ca_pem.as_deref())?;
-        let lookup_timeout = cfg.call_timeout;
-        let agent = ureq::AgentBuilder::new()
-            .resolver(move |netloc: &str| resolve(netloc, lookup_timeout))
-            .tls_config(tls)
-            .timeout_connect(cfg.call_timeout)
-            .timeout(cfg.call_timeout)
-            .redirects(0)
-            .user_agent(concat!("duo-auth-rs/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = build_agent(cfg.extra_ca_pem.as_deref(), cfg.call_timeout)?;
         Ok(Client {
             agent,
             cfg,
@@ -142,17 +160,54 @@ impl Client {
         ipaddr: Option<&str>,
         deadline: Instant,
     ) -> Result<Preauth, Error> {
+        self.preauth_with(username, ipaddr, &PreauthOptions::default(), deadline)
+            .map(|a| a.preauth)
+    }
+
+    /// `POST /auth/v2/preauth` with options (Verified Duo Push, hostname, trusted device), and
+    /// the `txid` Duo returns for a Verified Duo Push.
+    pub fn preauth_with(
+        &self,
+        username: &str,
+        ipaddr: Option<&str>,
+        opts: &PreauthOptions,
+        deadline: Instant,
+    ) -> Result<PreauthAnswer, Error> {
         let mut params = vec![("username".to_string(), username.to_string())];
         if let Some(ip) = ipaddr {
             params.push(("ipaddr".to_string(), ip.to_string()));
         }
+        if opts.client_supports_verified_push {
+            params.push(("client_supports_verified_push".into(), "1".into()));
+        }
+        if let Some(h) = &opts.hostname {
+            params.push(("hostname".into(), h.clone()));
+        }
+        if let Some(t) = &opts.trusted_device_token {
+            params.push(("trusted_device_token".into(), t.clone()));
+        }
         let v = self.call("POST", "/auth/v2/preauth", &params, deadline)?;
-        parse_preauth(v)
+        parse_preauth_answer(v)
     }
 
     /// `POST /auth/v2/auth`.
     pub fn auth(&self, req: &AuthRequest, deadline: Instant) -> Result<AuthStart, Error> {
+        self.auth_with_txid(req, None, deadline)
+    }
+
+    /// `POST /auth/v2/auth` continuing a Verified Duo Push: `preauth_txid` is the `txid`
+    /// preauth returned ([`PreauthAnswer::txid`]), sent as Duo's `txid` parameter. While the
+    /// push waits, [`AuthStatus::verification_code`] gives the code to show the user.
+    pub fn auth_with_txid(
+        &self,
+        req: &AuthRequest,
+        preauth_txid: Option<&str>,
+        deadline: Instant,
+    ) -> Result<AuthStart, Error> {
         let mut params = vec![("username".to_string(), req.username.clone())];
+        if let Some(txid) = preauth_txid {
+            params.push(("txid".into(), txid.to_string()));
+        }
         match &req.factor {
             Factor::Push { device, pushinfo } => {
                 params.push(("factor".into(), "push".into()));
@@ -299,15 +354,7 @@ impl Client {
                     Err(e) => Err(e),
                 }
             }
-            Err(ureq::Error::Transport(t)) => {
-                if let Some(tls) = tls_failure(&t) {
-                    Err(Error::Tls(tls))
-                } else if Instant::now() >= deadline || is_timeout(&t) {
-                    Err(Error::Timeout)
-                } else {
-                    Err(Error::Transport(t.to_string()))
-                }
-            }
+            Err(ureq::Error::Transport(t)) => Err(transport_error(&t, deadline)),
         }
     }
 }
@@ -354,6 +401,12 @@ fn is_timeout(t: &ureq::Transport) -> bool {
 const MAX_BODY: u64 = 1 << 20;
 
 fn read_envelope(status: u16, resp: ureq::Response) -> Result<serde_json::Value, Error> {
+    let text = read_text(resp)?;
+    parse_answer(status, &text)
+}
+
+/// An answer's body, at most [`MAX_BODY`] bytes.
+pub(crate) fn read_text(resp: ureq::Response) -> Result<String, Error> {
     use std::io::Read as _;
     let mut text = String::new();
     resp.into_reader()
@@ -366,7 +419,7 @@ fn read_envelope(status: u16, resp: ureq::Response) -> Result<serde_json::Value,
                 Error::Transport(format!("reading the answer: {e}"))
             }
         })?;
-    parse_answer(status, &text)
+    Ok(text)
 }
 
 /// Read Duo's envelope from an answer's status and body: the `response` on success, else the
@@ -396,7 +449,7 @@ pub fn parse_answer(status: u16, text: &str) -> Result<serde_json::Value, Error>
     Err(status_error(status, code, message))
 }
 
-fn status_error(status: u16, code: u32, message: String) -> Error {
+pub(crate) fn status_error(status: u16, code: u32, message: String) -> Error {
     match status {
         401 => Error::Unauthorized { code, message },
         429 => Error::RateLimited { retry_after: None },
@@ -411,9 +464,15 @@ fn status_error(status: u16, code: u32, message: String) -> Error {
 
 /// Read a `preauth` response.
 pub fn parse_preauth(v: serde_json::Value) -> Result<Preauth, Error> {
+    parse_preauth_answer(v).map(|a| a.preauth)
+}
+
+/// Read a `preauth` response with its Verified Duo Push `txid` (kept for `auth` only).
+pub fn parse_preauth_answer(v: serde_json::Value) -> Result<PreauthAnswer, Error> {
     let raw: PreauthRaw =
         serde_json::from_value(v).map_err(|e| Error::Malformed(format!("preauth: {e}")))?;
-    Ok(match raw.result.as_str() {
+    let txid = raw.txid.filter(|t| !t.is_empty() && raw.result == "auth");
+    let preauth = match raw.result.as_str() {
         "auth" => Preauth::Auth {
             devices: raw.devices,
         },
@@ -428,7 +487,8 @@ pub fn parse_preauth(v: serde_json::Value) -> Result<Preauth, Error> {
             enroll_portal_url: raw.enroll_portal_url,
         },
         other => return Err(Error::Malformed(format!("preauth result {other:?}"))),
-    })
+    };
+    Ok(PreauthAnswer { preauth, txid })
 }
 
 /// Read an `auth` (sync) or `auth_status` response.

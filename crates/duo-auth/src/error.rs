@@ -28,8 +28,13 @@ pub enum Error {
     },
     /// An answer that is not the JSON Duo documents.
     Malformed(String),
-    /// The client itself is misconfigured (an unreadable CA file…).
+    /// The client itself is misconfigured (an unreadable CA file, a client id of the wrong
+    /// length…), or a caller's argument is unusable (a state too short…).
     Config(String),
+    /// Universal Prompt: Duo's answer held an `id_token` that does not validate (signature,
+    /// audience, issuer, expiry, user, nonce). Never a reason to fail open: a forged or replayed
+    /// token is what an attacker would send.
+    InvalidToken(String),
 }
 
 impl Error {
@@ -83,6 +88,7 @@ impl fmt::Display for Error {
             ),
             Error::Malformed(m) => write!(f, "malformed answer from Duo: {m}"),
             Error::Config(m) => write!(f, "Duo client configuration: {m}"),
+            Error::InvalidToken(m) => write!(f, "Duo's id_token is not valid: {m}"),
         }
     }
 }

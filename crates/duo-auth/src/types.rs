@@ -53,10 +53,36 @@ pub enum Preauth {
     },
 }
 
+/// Options of `/auth/v2/preauth` beyond the user and the address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreauthOptions {
+    /// Send `client_supports_verified_push=1`: this client can show the code a Verified Duo
+    /// Push asks for. Duo then answers with a `txid` to pass to `/auth/v2/auth` (see
+    /// [`PreauthAnswer::txid`]) when the user's policy requires Verified Push; without it, Duo
+    /// ignores Verified Push and its policy is bypassed.
+    pub client_supports_verified_push: bool,
+    /// `hostname`: the name of the device the user is accessing from.
+    pub hostname: Option<String>,
+    /// `trusted_device_token`, from an earlier `auth_status` (remembered devices).
+    pub trusted_device_token: Option<String>,
+}
+
+/// `/auth/v2/preauth` with what Duo returns beside the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreauthAnswer {
+    pub preauth: Preauth,
+    /// The transaction Duo opened for a Verified Duo Push (only when asked for with
+    /// [`PreauthOptions::client_supports_verified_push`], and only for `auth`): pass it to
+    /// `/auth/v2/auth` as `txid`.
+    pub txid: Option<String>,
+}
+
 #[cfg_attr(not(feature = "client"), allow(dead_code))]
 #[derive(Debug, Deserialize)]
 pub(crate) struct PreauthRaw {
     pub result: String,
+    #[serde(default)]
+    pub txid: Option<String>,
     #[serde(default)]
     pub status_msg: String,
     #[serde(default)]
@@ -105,6 +131,30 @@ pub struct AuthStatus {
     pub result: AuthResult,
     pub status: String,
     pub status_msg: String,
+}
+
+impl AuthStatus {
+    /// The code a Verified Duo Push asks the user to type into Duo Mobile, while the push
+    /// waits: Duo gives it in `status_msg` ("Please enter verification code 376 into Duo
+    /// Mobile..."), and has no field of its own for it.
+    pub fn verification_code(&self) -> Option<String> {
+        verification_code(&self.status_msg)
+    }
+}
+
+/// The digits after "verification code" in a status message (at most 10), if any.
+pub fn verification_code(status_msg: &str) -> Option<String> {
+    const KEY: &str = "verification code";
+    let lower = status_msg.to_ascii_lowercase();
+    let at = lower.find(KEY)? + KEY.len();
+    let rest = status_msg.get(at..)?;
+    let rest = rest.trim_start_matches([' ', ':', '\t']);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let next = rest[digits.len()..].chars().next();
+    if digits.is_empty() || digits.len() > 10 || next.is_some_and(|c| c.is_alphanumeric()) {
+        return None;
+    }
+    Some(digits)
 }
 
 #[cfg_attr(not(feature = "client"), allow(dead_code))]

@@ -68,10 +68,14 @@ pub(crate) fn handle(state: &State, req: &Request) -> Handled {
         "/auth/v2/preauth" => Endpoint::Preauth,
         "/auth/v2/auth" => Endpoint::Auth,
         "/auth/v2/auth_status" => Endpoint::AuthStatus,
+        p if p.starts_with("/oauth/v1/") => Endpoint::Oidc,
         _ => Endpoint::Other,
     };
     state.count(endpoint);
-    let (response, user, note) = route(state, req, endpoint);
+    let (response, user, note) = match crate::oidc::handle(state, req) {
+        Some(routed) => routed,
+        None => route(state, req, endpoint),
+    };
     state.count_status(response.status);
     let log = format!(
         "{} {} user={} -> {} {}",
@@ -90,7 +94,7 @@ fn route(state: &State, req: &Request, endpoint: Endpoint) -> Routed {
     let expected = match endpoint {
         Endpoint::Ping | Endpoint::Check | Endpoint::AuthStatus => "GET",
         Endpoint::Preauth | Endpoint::Auth => "POST",
-        Endpoint::Other => {
+        Endpoint::Other | Endpoint::Oidc => {
             return (
                 fail(40400, "Resource not found", None),
                 None,
@@ -183,8 +187,9 @@ fn preauth(state: &State, req: &Request, params: &Params) -> Routed {
     if let Some((resp, note)) = gate(state, &user) {
         return (resp, Some(user), note);
     }
-    let kind = state.behaviour(&user).preauth;
-    let response = match kind {
+    let b = state.behaviour(&user);
+    let kind = b.preauth;
+    let mut response = match kind {
         PreauthKind::Auth => json!({
             "result": "auth",
             "status_msg": "Account is active",
@@ -211,7 +216,19 @@ fn preauth(state: &State, req: &Request, params: &Params) -> Routed {
             })
         }
     };
-    let note = format!("{kind:?}").to_lowercase();
+    let mut note = format!("{kind:?}").to_lowercase();
+    // Verified Duo Push: only for a client that says it can show the code, and only when the
+    // policy asks for it (otherwise Duo ignores the flag).
+    let supports = params
+        .get("client_supports_verified_push")
+        .is_some_and(|v| v == "1");
+    if supports && kind == PreauthKind::Auth && (b.verified_push || state.settings.verified_push) {
+        let txid = state.open_verified(&user);
+        if let Some(obj) = response.as_object_mut() {
+            obj.insert("txid".into(), Value::String(txid));
+        }
+        note.push_str(" verified_push");
+    }
     (ok(response), Some(user), note)
 }
 
@@ -249,6 +266,26 @@ fn auth(state: &State, params: &Params) -> Routed {
     if let Some((resp, note)) = gate(state, &user) {
         return (resp, Some(user), note);
     }
+    // A Verified Duo Push continues preauth's transaction: the txid must be one preauth gave
+    // this user, used once, for a push (`auto` pushes to this simulator's phone).
+    let verified_txid = match params.get("txid") {
+        None => None,
+        Some(_) if !matches!(factor.as_str(), "push" | "auto") => {
+            return (
+                invalid("txid"),
+                Some(user),
+                "txid with a factor that is no push".into(),
+            )
+        }
+        Some(t) if state.take_verified(t, &user) => Some(t.to_string()),
+        Some(_) => {
+            return (
+                invalid("txid"),
+                Some(user),
+                "unknown verified push txid".into(),
+            )
+        }
+    };
     // SMS: Duo texts a batch of passcodes and answers deny/sent at once; no transaction.
     if factor == "sms" {
         let response = json!({"result": "deny", "status": "sent",
@@ -283,8 +320,12 @@ fn auth(state: &State, params: &Params) -> Routed {
         .get("pushinfo")
         .map(|p| verify::form_decode(p).into_iter().collect())
         .unwrap_or_default();
+    let verification_code = match (&verified_txid, &plan) {
+        (Some(_), Plan::Push(_)) => Some(state.new_code()),
+        _ => None,
+    };
     let push = Push {
-        txid: String::new(),
+        txid: verified_txid.unwrap_or_default(),
         username: user.clone(),
         factor: factor.clone(),
         device,
@@ -294,6 +335,7 @@ fn auth(state: &State, params: &Params) -> Routed {
         display_username: params.get("display_username").map(str::to_string),
         state: PushState::Pending,
         created_ms: 0,
+        verification_code,
     };
     let txid = state.start(push, plan);
     if asynchronous {

@@ -86,6 +86,10 @@ pub struct UserBehaviour {
     pub error: Option<u16>,
     /// The passcodes `factor=passcode` accepts; any other is denied.
     pub passcodes: Vec<String>,
+    /// The "Require Verified Duo Push" policy applies to this user (as `--verified-push` does to
+    /// everyone): a client that sends `client_supports_verified_push=1` gets a preauth `txid`,
+    /// and a push sent with it carries a 3-digit code the phone must be given.
+    pub verified_push: bool,
 }
 
 impl UserBehaviour {

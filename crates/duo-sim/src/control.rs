@@ -3,7 +3,9 @@
 //!
 //! * `GET /` — the phone page.
 //! * `GET /api/pushes` — every transaction, oldest first.
-//! * `POST /api/pushes/{txid|latest}/approve` and `/deny` — decide a pending push.
+//! * `POST /api/pushes/{txid|latest}/approve` and `/deny` — decide a pending push. Approving a
+//!   Verified Duo Push takes its code, as JSON `{"code":"123"}` or a form `code=123`; a wrong or
+//!   missing code denies it, as Duo Mobile does. The answer names the state it ended in.
 //! * `GET /api/counters` — calls per endpoint, 401s, 429s, pushes per user.
 //! * `POST /api/reset` — forget pushes, counters and rate-limit tallies.
 //! * `PUT /api/behaviours` — replace the behaviours (a users-file document).
@@ -46,8 +48,10 @@ fn route(state: &State, req: &Request) -> Response {
                 "deny" => PushState::Deny,
                 _ => return error(404, "unknown action"),
             };
-            match state.decide(txid, decided) {
-                Some(id) => Response::json(200, &json!({"ok": true, "txid": id})),
+            match state.decide_code(txid, decided, body_code(req).as_deref()) {
+                Some((id, ended)) => {
+                    Response::json(200, &json!({"ok": true, "txid": id, "state": ended}))
+                }
                 None => error(404, "no such pending push"),
             }
         }
@@ -74,8 +78,26 @@ fn route(state: &State, req: &Request) -> Response {
     }
 }
 
+/// The `code` of an approve request: a JSON object's, or a form's.
+fn body_code(req: &Request) -> Option<String> {
+    let text = std::str::from_utf8(&req.body).ok()?.trim();
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        return match v.get("code")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+    }
+    crate::verify::form_decode(text)
+        .into_iter()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v)
+}
+
 /// The phone. Stable hooks for WebDriver: `#pending` holds one `li.push[data-txid]` per
-/// pending push, each with `button.approve` and `button.deny`; `#history` holds decided ones as
+/// pending push, each with `button.approve` and `button.deny` (and, for a Verified Duo Push,
+/// `input.code`, which Approve sends); `#history` holds decided ones as
 /// `li.push.done[data-state]`. Items are updated in place, never rebuilt, so element
 /// references stay valid across polls. Everything shown is set with `textContent`: pushinfo
 /// comes from clients.
@@ -99,6 +121,7 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 10px; margi
 dt { color: #667; } dd { margin: 0; word-break: break-all; }
 .buttons { display: flex; gap: 10px; margin-top: 8px; }
 button { flex: 1; font-size: 1.1em; padding: 12px; border: 0; border-radius: 8px; color: #fff; }
+label.code-label { display: block; margin: 8px 0; } input.code { font-size: 1.3em; width: 5em; }
 button.approve { background: #2d7d3a; } button.deny { background: #b3261e; }
 li.done { opacity: .7; } .state { font-weight: 600; }
 #empty { color: #667; text-align: center; margin: 24px 0; }
@@ -134,18 +157,33 @@ function card(p) {
   for (const k of Object.keys(info).sort()) rows.push([k, info[k]]);
   for (const [k, v] of rows) { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", v)); }
   li.appendChild(dl);
+  if (p.verification_code) {
+    const label = el("label", "code-label", "Enter the code shown at login ");
+    const input = el("input", "code");
+    input.inputMode = "numeric"; input.autocomplete = "off"; input.maxLength = 10;
+    label.appendChild(input);
+    li.appendChild(label);
+  }
   const buttons = el("div", "buttons");
   for (const action of ["approve", "deny"]) {
     const b = el("button", action, action === "approve" ? "Approve" : "Deny");
     b.type = "button";
-    b.addEventListener("click", () => decide(p.txid, action));
+    b.addEventListener("click", () => {
+      const input = li.querySelector("input.code");
+      decide(p.txid, action, input ? input.value : null);
+    });
     buttons.appendChild(b);
   }
   li.appendChild(buttons);
   return li;
 }
-async function decide(txid, action) {
-  await fetch("/api/pushes/" + encodeURIComponent(txid) + "/" + action, {method: "POST"});
+async function decide(txid, action, code) {
+  const init = {method: "POST"};
+  if (code !== null) {
+    init.headers = {"Content-Type": "application/json"};
+    init.body = JSON.stringify({code: code});
+  }
+  await fetch("/api/pushes/" + encodeURIComponent(txid) + "/" + action, init);
   refresh();
 }
 async function refresh() {
@@ -193,6 +231,8 @@ mod tests {
             "\"li\", \"push\"",
             "dataset.txid",
             "\"approve\", \"deny\"",
+            "input.code",
+            "verification_code",
         ] {
             assert!(PHONE_PAGE.contains(hook), "{hook}");
         }

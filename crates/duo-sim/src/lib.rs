@@ -29,6 +29,7 @@ pub mod verify;
 mod api;
 mod control;
 mod http;
+mod oidc;
 mod server;
 mod state;
 mod tls;
@@ -90,6 +91,12 @@ pub struct SimConfig {
     pub cert: Option<(PathBuf, PathBuf)>,
     /// Log each request (method, path, user, outcome; never keys or signatures) to stderr.
     pub log: bool,
+    /// "Require Verified Duo Push" for every user (a user's `verified_push` does it for one).
+    pub verified_push: bool,
+    /// The Universal Prompt application's client id (20 characters) and secret (40): with
+    /// both, the `/oauth/v1/` endpoints answer; without, they are 404.
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -105,6 +112,12 @@ impl std::fmt::Debug for SimConfig {
             .field("push_timeout", &self.push_timeout)
             .field("cert", &self.cert)
             .field("log", &self.log)
+            .field("verified_push", &self.verified_push)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -125,6 +138,9 @@ impl SimConfig {
             push_timeout: Duration::from_secs(60),
             cert: None,
             log: false,
+            verified_push: false,
+            client_id: None,
+            client_secret: None,
         }
     }
 }
@@ -165,6 +181,19 @@ pub fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
     cfg.behaviours
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    match (&cfg.client_id, &cfg.client_secret) {
+        (None, None) => {}
+        (Some(id), Some(secret)) => {
+            if id.chars().count() != 20 {
+                return Err(bad("the client id must be 20 characters".into()));
+            }
+            if secret.chars().count() != 40 {
+                return Err(bad("the client secret must be 40 characters".into()));
+            }
+        }
+        _ => return Err(bad("give both the client id and the client secret".into())),
+    }
     let identity = match &cfg.cert {
         Some((cert, key)) => tls::load(cert, key)?,
         None => tls::generate()?,
@@ -182,6 +211,9 @@ pub fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
             long_poll: cfg.long_poll,
             push_timeout: cfg.push_timeout,
             log: cfg.log,
+            verified_push: cfg.verified_push,
+            client_id: cfg.client_id,
+            client_secret: cfg.client_secret.map(duo_auth::Secret::new),
         },
         cfg.behaviours,
     ));
@@ -244,8 +276,17 @@ impl SimHandle {
     }
 
     /// Approve a pending push (`"latest"`: the newest pending one). False if none was pending.
+    /// A Verified Duo Push approved without its code is denied: use [`Self::approve_with_code`].
     pub fn approve(&self, txid: &str) -> bool {
         self.state.decide(txid, PushState::Allow).is_some()
+    }
+
+    /// Approve a pending push typing `code` (a Verified Duo Push's; ignored for others). A wrong
+    /// code denies it. The state it ended in, or `None` if none was pending.
+    pub fn approve_with_code(&self, txid: &str, code: &str) -> Option<PushState> {
+        self.state
+            .decide_code(txid, PushState::Allow, Some(code))
+            .map(|(_, s)| s)
     }
 
     /// Deny a pending push (`"latest"`: the newest pending one). False if none was pending.

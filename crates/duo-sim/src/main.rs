@@ -50,6 +50,16 @@ struct Cli {
     /// How long an unanswered push waits before timing out, seconds (fractions allowed).
     #[arg(long, default_value_t = 60.0)]
     push_timeout: f64,
+    /// "Require Verified Duo Push" for every user: clients sending
+    /// client_supports_verified_push=1 get a preauth txid, and their pushes a 3-digit code.
+    #[arg(long)]
+    verified_push: bool,
+    /// Universal Prompt client id (20 characters): serves /oauth/v1/ (with --client-secret).
+    #[arg(long, requires = "client_secret")]
+    client_id: Option<String>,
+    /// Universal Prompt client secret (40 characters; visible in `ps`: prefer --keys-file).
+    #[arg(long, requires = "client_id")]
+    client_secret: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -57,6 +67,10 @@ struct Cli {
 struct KeysFile {
     ikey: String,
     skey: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -64,12 +78,15 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    let (mut client_id, mut client_secret) = (cli.client_id, cli.client_secret);
     let (ikey, skey) = match (&cli.keys_file, cli.ikey, cli.skey) {
         (Some(path), _, _) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
             let k: KeysFile =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            client_id = client_id.or(k.client_id);
+            client_secret = client_secret.or(k.client_secret);
             (k.ikey, k.skey)
         }
         (None, Some(i), Some(s)) => (i, s),
@@ -88,6 +105,9 @@ fn run(cli: Cli) -> Result<(), String> {
     cfg.push_timeout = seconds("push-timeout", cli.push_timeout)?;
     cfg.cert = cli.cert.zip(cli.key);
     cfg.log = true;
+    cfg.verified_push = cli.verified_push;
+    cfg.client_id = client_id;
+    cfg.client_secret = client_secret;
 
     let sim = duo_sim::start(cfg).map_err(|e| format!("cannot start: {e}"))?;
     if let Some(path) = &cli.ca_out {

@@ -66,6 +66,8 @@ pub struct Push {
     pub state: PushState,
     /// Unix milliseconds.
     pub created_ms: u64,
+    /// A Verified Duo Push's code: the phone must be given it to approve.
+    pub verification_code: Option<String>,
 }
 
 /// Calls seen since start or the last reset.
@@ -76,6 +78,8 @@ pub struct Counters {
     pub preauth: u64,
     pub auth: u64,
     pub auth_status: u64,
+    /// Calls to the Universal Prompt's `/oauth/v1/` endpoints.
+    pub oidc: u64,
     /// Calls to any other path.
     pub other: u64,
     /// Answers with HTTP 401.
@@ -89,7 +93,13 @@ pub struct Counters {
 impl Counters {
     /// Every call to the Duo API listener, signed or not, whatever its outcome.
     pub fn duo_calls(&self) -> u64 {
-        self.ping + self.check + self.preauth + self.auth + self.auth_status + self.other
+        self.ping
+            + self.check
+            + self.preauth
+            + self.auth
+            + self.auth_status
+            + self.oidc
+            + self.other
     }
 }
 
@@ -109,6 +119,8 @@ struct Inner {
     txns: Vec<Txn>,
     counters: Counters,
     rate_hits: HashMap<String, u64>,
+    /// Verified Duo Push transactions opened by preauth and not yet used by auth: txid → user.
+    verified_txids: HashMap<String, String>,
 }
 
 /// Settings fixed at start.
@@ -120,14 +132,19 @@ pub(crate) struct Settings {
     pub long_poll: Duration,
     pub push_timeout: Duration,
     pub log: bool,
+    /// "Require Verified Duo Push" for every user.
+    pub verified_push: bool,
+    /// The Universal Prompt application (both or neither).
+    pub client_id: Option<String>,
+    pub client_secret: Option<duo_auth::Secret>,
 }
 
 /// A transaction's answer: `result`, `status`, `status_msg`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub state: PushState,
     pub status: &'static str,
-    pub status_msg: &'static str,
+    pub status_msg: String,
 }
 
 /// How a new transaction should end.
@@ -146,6 +163,7 @@ pub(crate) enum Endpoint {
     Preauth,
     Auth,
     AuthStatus,
+    Oidc,
     Other,
 }
 
@@ -157,6 +175,8 @@ pub(crate) struct State {
     clock_offset: AtomicI64,
     seq: AtomicU64,
     pub shutdown: AtomicBool,
+    /// The Universal Prompt's sessions, codes and assertion ids.
+    pub oidc: crate::oidc::Store,
 }
 
 fn unix_ms() -> u64 {
@@ -176,6 +196,7 @@ impl State {
             clock_offset: AtomicI64::new(0),
             seq: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
+            oidc: crate::oidc::Store::default(),
         }
     }
 
@@ -218,6 +239,7 @@ impl State {
             Endpoint::Preauth => c.preauth += 1,
             Endpoint::Auth => c.auth += 1,
             Endpoint::AuthStatus => c.auth_status += 1,
+            Endpoint::Oidc => c.oidc += 1,
             Endpoint::Other => c.other += 1,
         }
     }
@@ -251,6 +273,7 @@ impl State {
     pub fn reset(&self) {
         let mut inner = self.lock();
         *inner = Inner::default();
+        self.oidc.reset();
         self.changed.notify_all();
     }
 
@@ -276,11 +299,48 @@ impl State {
         )
     }
 
-    /// Record a new transaction and return its id. `push` holds everything but txid, state
-    /// and creation time.
+    /// Open a Verified Duo Push transaction for `user` (preauth with
+    /// `client_supports_verified_push=1`); its txid is what auth must be sent with.
+    pub fn open_verified(&self, user: &str) -> String {
+        let txid = self.new_txid();
+        let mut inner = self.lock();
+        if inner.verified_txids.len() >= MAX_TXNS {
+            inner.verified_txids.clear();
+        }
+        inner.verified_txids.insert(txid.clone(), user.to_string());
+        txid
+    }
+
+    /// Use a Verified Duo Push transaction (once): true if preauth opened it for `user`.
+    pub fn take_verified(&self, txid: &str, user: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.verified_txids.get(txid) {
+            Some(u) if u == user => {
+                inner.verified_txids.remove(txid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A fresh 3-digit verification code (100-999, as Duo shows them).
+    pub fn new_code(&self) -> String {
+        let mut b = [0u8; 2];
+        let n = if getrandom::getrandom(&mut b).is_ok() {
+            u16::from_be_bytes(b)
+        } else {
+            u16::try_from(self.seq.fetch_add(1, Ordering::Relaxed) % 900).unwrap_or(0)
+        };
+        (100 + n % 900).to_string()
+    }
+
+    /// Record a new transaction and return its id. `push` holds everything but state and
+    /// creation time; its txid is kept if set (a Verified Duo Push's, from preauth).
     pub fn start(&self, mut push: Push, plan: Plan) -> String {
         let now = Instant::now();
-        push.txid = self.new_txid();
+        if push.txid.is_empty() {
+            push.txid = self.new_txid();
+        }
         push.created_ms = unix_ms();
         let mut expires = now + self.settings.push_timeout;
         let (planned, status_override) = match plan {
@@ -366,6 +426,13 @@ impl State {
 
     fn answer(t: &Txn) -> Answer {
         let (status, status_msg) = t.status_override.unwrap_or_else(|| t.push.state.status());
+        // While a Verified Duo Push waits, Duo puts its code in status_msg.
+        let status_msg = match (&t.push.verification_code, t.push.state) {
+            (Some(code), PushState::Pending) => {
+                format!("Please enter verification code {code} into Duo Mobile...")
+            }
+            _ => status_msg.to_string(),
+        };
         Answer {
             state: t.push.state,
             status,
@@ -444,6 +511,17 @@ impl State {
     /// Decide a pending push (from the control API or the library). `txid` may be `latest`:
     /// the newest pending push. Returns the txid decided, or `None` if there was none pending.
     pub fn decide(&self, txid: &str, state: PushState) -> Option<String> {
+        self.decide_code(txid, state, None).map(|(id, _)| id)
+    }
+
+    /// Decide a pending push as the phone does: approving a Verified Duo Push needs its code,
+    /// and a wrong or missing code denies it. Returns the txid and the state it ended in.
+    pub fn decide_code(
+        &self,
+        txid: &str,
+        state: PushState,
+        code: Option<&str>,
+    ) -> Option<(String, PushState)> {
         let mut inner = self.lock();
         self.tick(&mut inner, Instant::now());
         let t = if txid == "latest" {
@@ -458,10 +536,21 @@ impl State {
                 .iter_mut()
                 .find(|t| t.push.txid == txid && t.push.state == PushState::Pending)
         }?;
-        t.push.state = state;
+        let wrong_code = state == PushState::Allow
+            && t.push
+                .verification_code
+                .as_deref()
+                .is_some_and(|c| code.map(str::trim) != Some(c));
+        if wrong_code {
+            t.push.state = PushState::Deny;
+            t.status_override = Some(("deny", "Incorrect verification code entered."));
+        } else {
+            t.push.state = state;
+        }
         let id = t.push.txid.clone();
+        let ended = t.push.state;
         self.changed.notify_all();
-        Some(id)
+        Some((id, ended))
     }
 
     /// Wake every waiter (at shutdown).
@@ -484,6 +573,9 @@ mod tests {
                 long_poll: Duration::from_millis(100),
                 push_timeout,
                 log: false,
+                verified_push: false,
+                client_id: None,
+                client_secret: None,
             },
             Behaviours::default(),
         )
@@ -501,6 +593,7 @@ mod tests {
             display_username: None,
             state: PushState::Pending,
             created_ms: 0,
+            verification_code: None,
         }
     }
 
@@ -544,6 +637,42 @@ mod tests {
         s.reset();
         assert!(s.pushes().is_empty());
         assert!(s.wait_pending(Duration::from_millis(10)).is_none());
+    }
+
+    #[test]
+    fn verified_push_needs_its_code() {
+        let s = state(Duration::from_secs(60));
+        let far = Instant::now() + Duration::from_millis(50);
+        let manual = || Plan::Push(UserBehaviour::push(PushKind::Manual));
+        let verified = |code: &str| Push {
+            verification_code: Some(code.into()),
+            ..push("v")
+        };
+        let a = s.start(verified("376"), manual());
+        let msg = s.wait_final(&a, far).unwrap().status_msg;
+        assert_eq!(msg, "Please enter verification code 376 into Duo Mobile...");
+        assert_eq!(
+            s.decide_code(&a, PushState::Allow, Some(" 376 ")),
+            Some((a.clone(), PushState::Allow))
+        );
+        let b = s.start(verified("376"), manual());
+        assert_eq!(
+            s.decide_code(&b, PushState::Allow, Some("377")),
+            Some((b.clone(), PushState::Deny))
+        );
+        let ans = s.wait_final(&b, far).unwrap();
+        assert_eq!(ans.status_msg, "Incorrect verification code entered.");
+        let c = s.start(verified("376"), manual());
+        assert_eq!(s.decide(&c, PushState::Allow), Some(c.clone()));
+        assert_eq!(s.wait_final(&c, far).unwrap().state, PushState::Deny);
+        // Preauth's transaction is good once, for its own user.
+        let t = s.open_verified("v");
+        assert!(!s.take_verified(&t, "w"));
+        assert!(s.take_verified(&t, "v"));
+        assert!(!s.take_verified(&t, "v"));
+        let code = s.new_code();
+        assert_eq!(code.len(), 3);
+        assert!(code.chars().all(|c| c.is_ascii_digit()));
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn counters_and_reset() {
 
     let r = control(&sim, "GET", "/api/counters", None);
     let expected: Value = serde_json::json!({
-        "ping": 1, "check": 2, "preauth": 2, "auth": 1, "auth_status": 1, "other": 0,
+        "ping": 1, "check": 2, "preauth": 2, "auth": 1, "auth_status": 1, "oidc": 0, "other": 0,
         "unauthorized": 1, "rate_limited": 1, "pushes_by_user": {"alice": 1},
     });
     assert_eq!(r.json, expected);
