@@ -119,6 +119,9 @@ pub struct Pending {
     pub show: String,
     /// The device the push or call went to, as Duo names it, when known.
     pub device: Option<String>,
+    /// The code of a Verified Duo Push, to show: the user types it into Duo Mobile.
+    #[serde(default)]
+    pub code: Option<String>,
 }
 
 /// Whose push a pending decision waits for.

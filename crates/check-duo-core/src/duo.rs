@@ -150,8 +150,21 @@ pub(crate) fn start(
     let ip = req.addr();
     let ipaddr = ip.map(|ip| ip.to_string());
 
+    // Verified Push only for a push: a call or a passcode has no code to type.
+    let verified =
+        duo.policy.verified_push && matches!(requested, Requested::Default | Requested::Push);
+    let mut preauth_txid = None;
     let pre = duo.with_backoff(deadline, || {
-        duo.api.preauth(&req.user, ipaddr.as_deref(), deadline)
+        if verified {
+            duo.api
+                .preauth_verified(&req.user, ipaddr.as_deref(), deadline)
+                .map(|(p, txid)| {
+                    preauth_txid = txid;
+                    p
+                })
+        } else {
+            duo.api.preauth(&req.user, ipaddr.as_deref(), deadline)
+        }
     });
     let devices = match pre {
         Ok(Preauth::Auth { devices }) => devices,
@@ -241,7 +254,11 @@ pub(crate) fn start(
         // Passcodes and SMS answer at once; pushes and calls are polled.
         asynchronous: interactive,
     };
-    match duo.with_backoff(deadline, || duo.api.auth(&auth, deadline)) {
+    let sent = duo.with_backoff(deadline, || match &preauth_txid {
+        Some(txid) => duo.api.auth_verified(&auth, Some(txid), deadline),
+        None => duo.api.auth(&auth, deadline),
+    });
+    match sent {
         Ok(AuthStart::Txid(txid)) => Started::Sent { txid, call, device },
         Ok(AuthStart::Done(s)) => Started::Done(answered(&auth.factor, s)),
         Err(e) => Started::Done(Decision::deny(
@@ -276,13 +293,20 @@ fn answered(factor: &Factor, s: AuthStatus) -> Decision {
 
 /// Ask Duo about `txid` once (Duo holds the call until the answer or the deadline): the
 /// decision, or `None` while the push is still waiting and the deadline has not passed.
-pub(crate) fn poll(duo: &Duo<'_>, txid: &str, deadline_ms: i64) -> Option<Decision> {
+/// What one poll of a push found.
+pub(crate) enum Polled {
+    Done(Decision),
+    /// Not answered yet; the code of a Verified Push, when Duo gave one.
+    Waiting(Option<String>),
+}
+
+pub(crate) fn poll(duo: &Duo<'_>, txid: &str, deadline_ms: i64) -> Polled {
     let deadline = duo.instant(deadline_ms);
     let timeout =
         || Decision::deny(Event::PushTimeout, "push not answered before the deadline").pushed();
     match duo.with_backoff(deadline, || duo.api.auth_status(txid, deadline)) {
         Ok(s) => match s.result {
-            AuthResult::Allow => Some(
+            AuthResult::Allow => Polled::Done(
                 Decision::grant(Event::PushApproved, format!("push approved ({})", s.status))
                     .pushed(),
             ),
@@ -292,7 +316,7 @@ pub(crate) fn poll(duo: &Duo<'_>, txid: &str, deadline_ms: i64) -> Option<Decisi
                 } else {
                     Event::PushDenied
                 };
-                Some(
+                Polled::Done(
                     Decision::deny(
                         event,
                         format!("push denied ({}: {})", s.status, s.status_msg),
@@ -300,13 +324,13 @@ pub(crate) fn poll(duo: &Duo<'_>, txid: &str, deadline_ms: i64) -> Option<Decisi
                     .pushed(),
                 )
             }
-            AuthResult::Waiting if duo.clock.unix_ms() >= deadline_ms => Some(timeout()),
-            AuthResult::Waiting => None,
+            AuthResult::Waiting if duo.clock.unix_ms() >= deadline_ms => Polled::Done(timeout()),
+            AuthResult::Waiting => Polled::Waiting(s.verification_code()),
         },
-        Err(Error::Timeout) => Some(timeout()),
-        Err(e) => {
-            Some(Decision::deny(Event::DuoError, format!("Duo push status failed: {e}")).pushed())
-        }
+        Err(Error::Timeout) => Polled::Done(timeout()),
+        Err(e) => Polled::Done(
+            Decision::deny(Event::DuoError, format!("Duo push status failed: {e}")).pushed(),
+        ),
     }
 }
 

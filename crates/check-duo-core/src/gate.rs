@@ -298,6 +298,7 @@ impl<'a> Gate<'a> {
                         retry_after: POLL_EVERY,
                         show: "A push for this session is out: approve it on your phone".into(),
                         device: None,
+                        code: None,
                     },
                     "another request of this session is asking Duo",
                 );
@@ -321,14 +322,15 @@ impl<'a> Gate<'a> {
             PendingKind::Own(own) => {
                 let duo = self.duo_step();
                 match duo::poll(&duo, &own.txid, pending.deadline_ms) {
-                    Some(d) => {
+                    duo::Polled::Done(d) => {
                         let id = s.session.clone().unwrap_or_default();
                         self.finish_factor(&s, &id, d, own)
                     }
-                    None => Decision::pending(
+                    duo::Polled::Waiting(code) => Decision::pending(
                         Event::PushSent,
                         Pending {
                             retry_after: POLL_EVERY,
+                            code: code.or_else(|| pending.code.clone()),
                             ..pending.clone()
                         },
                         "push not answered yet",
@@ -537,6 +539,7 @@ impl<'a> Gate<'a> {
                         retry_after: Duration::ZERO,
                         show,
                         device,
+                        code: None,
                     },
                     if call { "call placed" } else { "push sent" },
                 )

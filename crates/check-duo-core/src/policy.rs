@@ -131,6 +131,10 @@ pub struct FactorPolicy {
     pub failmode_networks: Vec<ipnet::IpNet>,
     /// Deadline for the whole second factor (preauth, push, waiting for the answer).
     pub push_timeout: Duration,
+    /// Ask Duo for Verified Push (the user types a code shown by the front-end into Duo
+    /// Mobile): only for a front-end that shows [`crate::Pending::code`] (the portal; the pipe
+    /// mode has no page to show it on).
+    pub verified_push: bool,
 }
 
 impl Default for FactorPolicy {
@@ -139,6 +143,7 @@ impl Default for FactorPolicy {
             failmode: FailMode::Secure,
             failmode_networks: Vec::new(),
             push_timeout: Duration::from_secs(60),
+            verified_push: false,
         }
     }
 }

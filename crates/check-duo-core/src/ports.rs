@@ -118,6 +118,28 @@ pub trait DuoApi: Send + Sync {
     fn auth(&self, req: &AuthRequest, deadline: Instant) -> Result<AuthStart, duo_auth::Error>;
     /// Long-polls until the transaction is answered or `deadline`.
     fn auth_status(&self, txid: &str, deadline: Instant) -> Result<AuthStatus, duo_auth::Error>;
+
+    /// Preauth telling Duo that this front-end shows a Verified Duo Push's code: the answer and
+    /// the transaction to pass to [`DuoApi::auth_verified`]. The default asks as [`DuoApi::preauth`].
+    fn preauth_verified(
+        &self,
+        user: &str,
+        ipaddr: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(Preauth, Option<String>), duo_auth::Error> {
+        self.preauth(user, ipaddr, deadline).map(|p| (p, None))
+    }
+
+    /// Auth within the transaction a verified preauth opened.
+    fn auth_verified(
+        &self,
+        req: &AuthRequest,
+        preauth_txid: Option<&str>,
+        deadline: Instant,
+    ) -> Result<AuthStart, duo_auth::Error> {
+        let _ = preauth_txid;
+        self.auth(req, deadline)
+    }
 }
 
 /// The time, as a parameter.

@@ -58,6 +58,9 @@ pub struct DuoConfig {
     /// Deadline for each single call.
     pub call_timeout: Duration,
     pub sig_version: SigVersion,
+    /// `duo.verified_push`: the long-running mode asks for Verified Push (the pipe mode cannot
+    /// show its code).
+    pub verified_push: bool,
 }
 
 /// The checked configuration: the core's [`Policy`] and what the front-ends need besides.
@@ -146,6 +149,8 @@ struct RawDuo {
     call_timeout: Option<u64>,
     signature: Option<String>,
     failmode_networks: Option<Vec<String>>,
+    /// `serve`: ask for Verified Push where Duo's policy has it (default true).
+    verified_push: Option<bool>,
 }
 
 /// The seed writes `"port": "6379"`; numbers are accepted too.
@@ -557,11 +562,14 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<(DuoConfig, FactorPolicy), Confi
         ca_pem,
         call_timeout: Duration::from_secs(call_timeout),
         sig_version,
+        verified_push: raw.verified_push.unwrap_or(true),
     };
     let factor = FactorPolicy {
         failmode,
         failmode_networks,
         push_timeout: Duration::from_secs(push_timeout),
+        // The pipe mode has no page to show a code on; `serve` sets it from `duo.verified_push`.
+        verified_push: false,
     };
     Ok((conn, factor))
 }

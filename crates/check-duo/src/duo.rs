@@ -61,4 +61,27 @@ impl DuoApi for LazyDuo<'_> {
     fn auth_status(&self, txid: &str, deadline: Instant) -> Result<AuthStatus, Error> {
         self.get()?.auth_status(txid, deadline)
     }
+
+    fn preauth_verified(
+        &self,
+        user: &str,
+        ipaddr: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(Preauth, Option<String>), Error> {
+        let opts = duo_auth::types::PreauthOptions {
+            client_supports_verified_push: true,
+            ..Default::default()
+        };
+        let a = self.get()?.preauth_with(user, ipaddr, &opts, deadline)?;
+        Ok((a.preauth, a.txid))
+    }
+
+    fn auth_verified(
+        &self,
+        req: &AuthRequest,
+        preauth_txid: Option<&str>,
+        deadline: Instant,
+    ) -> Result<AuthStart, Error> {
+        self.get()?.auth_with_txid(req, preauth_txid, deadline)
+    }
 }

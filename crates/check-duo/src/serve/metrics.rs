@@ -201,4 +201,26 @@ impl DuoApi for TimedDuo<'_> {
         self.metrics.duo_call("auth_status", t.elapsed());
         r
     }
+    fn preauth_verified(
+        &self,
+        user: &str,
+        ipaddr: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(Preauth, Option<String>), duo_auth::Error> {
+        let t = Instant::now();
+        let r = self.inner.preauth_verified(user, ipaddr, deadline);
+        self.metrics.duo_call("preauth", t.elapsed());
+        r
+    }
+    fn auth_verified(
+        &self,
+        req: &AuthRequest,
+        preauth_txid: Option<&str>,
+        deadline: Instant,
+    ) -> Result<AuthStart, duo_auth::Error> {
+        let t = Instant::now();
+        let r = self.inner.auth_verified(req, preauth_txid, deadline);
+        self.metrics.duo_call("auth", t.elapsed());
+        r
+    }
 }

@@ -36,6 +36,9 @@ pub use settings::ServerConfig;
 /// is a few microseconds).
 pub const REDIS_CONNECTIONS: usize = 4;
 
+/// How long a stop waits for background work (pushes being followed) after the last request.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Longest form body read (sign-in, passcode, logout).
 pub const MAX_BODY: usize = 16 * 1024;
 /// Longest a request may take to be answered (a slow client included).
@@ -78,6 +81,8 @@ impl App {
         })?;
         // The session token is the proof; the user comes from the store.
         cfg.policy.session.bound_to_password = false;
+        // The waiting page shows a Verified Push's code.
+        cfg.policy.factor.verified_push = cfg.duo.verified_push;
         if let Some(keys) = server.secrets.as_deref().and_then(SessionKeys::rotating) {
             cfg.policy.keys = keys;
         }
@@ -230,7 +235,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .thread_name("check-duo")
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(serve(app))
+    let served = rt.block_on(serve(app));
+    // Pushes still being followed are let go (their locks expire with their deadline): a stop
+    // waits for the requests in progress, not for phones.
+    rt.shutdown_timeout(STOP_GRACE);
+    served
 }
 
 async fn serve(app: &'static App) -> Result<(), String> {

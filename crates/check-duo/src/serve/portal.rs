@@ -43,8 +43,12 @@ const FLOW: &str = "check-duo-flow";
 /// Where an attempt stands.
 #[derive(Clone, Debug)]
 enum Status {
-    /// A push or call is out.
-    Waiting { show: String, call: bool },
+    /// A push or call is out (`code`: a Verified Push's, to type into Duo Mobile).
+    Waiting {
+        show: String,
+        call: bool,
+        code: Option<String>,
+    },
     /// Approved: the token is a session now.
     Granted { token: String },
     /// Not approved: what to tell the user.
@@ -57,6 +61,8 @@ enum Status {
 impl Status {
     fn word(&self) -> &'static str {
         match self {
+            // The page shows a code once Duo gave one: a change the script reloads for.
+            Status::Waiting { code: Some(_), .. } => "code",
             Status::Waiting { .. } => "waiting",
             Status::Granted { .. } => "granted",
             Status::Failed { .. } => "failed",
@@ -443,6 +449,7 @@ pub async fn sign_in(
         status: Status::Waiting {
             show: String::new(),
             call: false,
+            code: None,
         },
     };
     let Ok(permit) = app.sign_ins.try_acquire() else {
@@ -557,6 +564,7 @@ fn settle(
             let status = Status::Waiting {
                 show: p.show.clone(),
                 call: matches!(&p.wait, check_duo_core::PendingKind::Own(o) if o.call),
+                code: p.code.clone(),
             };
             let token = app.flows.with(id, |f| {
                 f.status = status;
@@ -578,6 +586,18 @@ fn settle(
                     let p = p.clone();
                     app.wait.wait(p.retry_after);
                     d = app.with_gate(|g| g.resume(&req, &p));
+                    // A Verified Push's code, once Duo gives it: on the page.
+                    if let Outcome::Pending(next) = &d.outcome {
+                        if next.code.is_some() && next.code != p.code {
+                            app.flows.with(&id, |f| {
+                                if let (Status::Waiting { code, .. }, true) =
+                                    (&mut f.status, f.token == token)
+                                {
+                                    *code = next.code.clone();
+                                }
+                            });
+                        }
+                    }
                 }
                 app.metrics.pending.dec();
                 let d = log_decision(app, &user, &client, "login", d, started);
@@ -672,21 +692,30 @@ pub async fn wait_page(State(app): State<&'static App>, headers: HeaderMap) -> R
                 }
             };
         }
-        Status::Waiting { show, call } => {
+        Status::Waiting { show, call, code } => {
             let what = if *call {
                 "Answer the call and follow its instructions."
+            } else if code.is_some() {
+                "Enter this code in Duo Mobile, then approve:"
             } else {
                 "Approve it in Duo Mobile."
             };
+            let code_html = code.as_deref().map_or(String::new(), |c| {
+                format!(
+                    r#"<p class="code" id="verification-code" aria-label="Verification code {}">{}</p>"#,
+                    esc(&c.chars().map(String::from).collect::<Vec<_>>().join(" ")),
+                    esc(c)
+                )
+            });
             let mut p = Page::new(
                 "Check your phone",
                 format!(
-                    "{}<p>This page moves on by itself once you have answered.</p>{}",
+                    "{}{code_html}<p>This page moves on by itself once you have answered.</p>{}",
                     pages::status(&format!("{show}. {what}")),
                     actions(app, &csrf, true)
                 ),
             );
-            p.poll = Some(("waiting".into(), link(app, "api/flow")));
+            p.poll = Some((status.word().into(), link(app, "api/flow")));
             p.refresh = Some((2, None));
             p.refresh_noscript = true;
             p
@@ -808,6 +837,7 @@ pub async fn wait_action(
         fl.status = Status::Waiting {
             show: "Asking Duo".into(),
             call: false,
+            code: None,
         };
         Ok(Some(fl.user.clone()))
     });
