@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use duo_sim::{Behaviours, PushKind, UserBehaviour};
-use serde_json::json;
+use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
+use serde_json::{json, Value};
 
 use support::process::{run_as_authenticator, wait_until};
 use support::serve::{http, sign_in_over_http, Serve};
@@ -61,7 +61,24 @@ fn behaviours() -> Behaviours {
         .with_user("dave", UserBehaviour::push(PushKind::Manual))
 }
 
-fn write(path: &Path, v: &serde_json::Value) -> PathBuf {
+/// A temp dir, duo-sim, an htpasswd file in the dir with `users` (`htpasswd` flag, user,
+/// password), and a config of these users asking the simulator, its sessions in the dir.
+fn world(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, SimHandle, PathBuf, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+    let file = dir.path().join("users.htpasswd");
+    for (flag, user, password) in users {
+        htpasswd(&file, flag, user, password);
+    }
+    let cfg = json!({
+        "htpasswd": file,
+        "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca, "push_timeout": 10},
+        "cache": {"path": dir.path().join("sessions.db")},
+    });
+    (dir, sim, file, cfg)
+}
+
+fn write(path: &Path, v: &Value) -> PathBuf {
     std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
     path.to_path_buf()
 }
@@ -88,17 +105,8 @@ fn the_pipe_mode_signs_in_users_of_an_htpasswd_file() {
     if !tool("htpasswd pipe mode") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
-    let file = dir.path().join("users.htpasswd");
-    htpasswd(&file, "-B", "alice", "pw-alice");
-    htpasswd(&file, "-5", "bob", "pw-bob");
-    let base = json!({
-        "htpasswd": file,
-        "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca, "push_timeout": 10},
-        "cache": {"path": dir.path().join("sessions.db")},
-        "session": {"name": "formsession", "expiry": 3600}
-    });
+    let (dir, sim, file, mut base) = world(&[("-B", "alice", "pw-alice"), ("-5", "bob", "pw-bob")]);
+    base["session"] = json!({"name": "formsession", "expiry": 3600});
     let config = write(&dir.path().join("config.json"), &base);
     for (user, pw) in [("alice", "pw-alice"), ("bob", "pw-bob")] {
         let out = pipe(&config, user, pw);
@@ -149,23 +157,15 @@ fn serve_reads_the_file_again_and_groups_reach_the_headers_and_rules() {
     if !tool("htpasswd serve") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
-    let file = dir.path().join("users.htpasswd");
-    htpasswd(&file, "-B", "carol", "pw-carol");
-    htpasswd(&file, "-2", "dave", "pw-dave");
-    let cfg = json!({
-        "htpasswd": file,
-        "groups": {"admins": ["carol"], "staff": ["carol", "dave"]},
-        "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca, "push_timeout": 10},
-        "cache": {"path": dir.path().join("sessions.db")},
-        "session": {"expiry": 3600},
-        "limits": {"push_cooldown": 0},
-        "server": {"rules": [
-            {"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
-            {"path": "/admin/*", "policy": "deny"}
-        ]}
-    });
+    let (dir, sim, file, mut cfg) =
+        world(&[("-B", "carol", "pw-carol"), ("-2", "dave", "pw-dave")]);
+    cfg["groups"] = json!({"admins": ["carol"], "staff": ["carol", "dave"]});
+    cfg["session"] = json!({"expiry": 3600});
+    cfg["limits"] = json!({"push_cooldown": 0});
+    cfg["server"] = json!({"rules": [
+        {"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
+        {"path": "/admin/*", "policy": "deny"}
+    ]});
     let s = Serve::start(&dir.path().join("serve"), cfg, false);
     let ask = |path: &str, cookie: &str| {
         http(
@@ -183,7 +183,7 @@ fn serve_reads_the_file_again_and_groups_reach_the_headers_and_rules() {
         let r = ask("/private/", "");
         assert_eq!(r.status, 401);
         let jar = sign_in_over_http(r.header("location").unwrap(), user, pw, &sim);
-        format!("check-duo={}", jar.session().unwrap())
+        jar.session_cookie().unwrap()
     };
     let carol = sign_in("carol", "pw-carol");
     let dave = sign_in("dave", "pw-dave");

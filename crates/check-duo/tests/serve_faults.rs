@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use duo_sim::{Behaviours, PushKind, UserBehaviour};
+use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
 use support::faults::{run_wrk_with, unix_now, DurableRedis, WRK};
@@ -25,7 +25,7 @@ const SKEY: &str = "serveFaultsSecretKeyForTheSimulatorOnly1";
 const PASSWORD: &str = "pw-faults";
 const APP: &str = "127.0.0.1:8080";
 
-fn config(sim: &duo_sim::SimHandle, ca: &std::path::Path, cache: Value) -> Value {
+fn config(sim: &SimHandle, ca: &std::path::Path, cache: Value) -> Value {
     json!({
         "username": "alice", "password": PASSWORD,
         "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
@@ -37,6 +37,16 @@ fn config(sim: &duo_sim::SimHandle, ca: &std::path::Path, cache: Value) -> Value
 
 fn behaviours() -> Behaviours {
     Behaviours::default().with_user("alice", UserBehaviour::push(PushKind::Manual))
+}
+
+/// A temp dir, duo-sim, a Redis that can be killed and started again, and a daemon using it.
+fn on_durable_redis() -> (tempfile::TempDir, SimHandle, DurableRedis, Serve) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
+    let redis = DurableRedis::start(dir.path());
+    let cache = json!({"url": redis.url(), "prefix": "cd:", "timeout": 1});
+    let s = Serve::start(&dir.path().join("serve"), config(&sim, &ca, cache), false);
+    (dir, sim, redis, s)
 }
 
 /// What Envoy sends for `/private/` with this cookie.
@@ -54,7 +64,7 @@ fn ask(s: &Serve, cookie: &str) -> u16 {
     .status
 }
 
-fn sign_in(s: &Serve, sim: &duo_sim::SimHandle) -> String {
+fn sign_in(s: &Serve, sim: &SimHandle) -> String {
     let r = http(
         "GET",
         &s.url("/api/authz/auth-request"),
@@ -66,7 +76,7 @@ fn sign_in(s: &Serve, sim: &duo_sim::SimHandle) -> String {
     );
     assert_eq!(r.status, 401);
     let jar = sign_in_over_http(r.header("location").unwrap(), "alice", PASSWORD, sim);
-    format!("check-duo={}", jar.session().unwrap())
+    jar.session_cookie().unwrap()
 }
 
 #[test]
@@ -77,11 +87,7 @@ fn redis_killed_under_load_denies_then_serves_the_same_session_again() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
-    let mut redis = DurableRedis::start(dir.path());
-    let cache = json!({"url": redis.url(), "prefix": "cd:", "timeout": 1});
-    let s = Serve::start(&dir.path().join("serve"), config(&sim, &ca, cache), false);
+    let (dir, sim, mut redis, s) = on_durable_redis();
     let cookie = sign_in(&s, &sim);
     assert_eq!(ask(&s, &cookie), 200);
     let calls = sim.counters().duo_calls();
@@ -221,11 +227,7 @@ fn a_store_failure_at_the_password_leaves_nothing_to_continue_from() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (sim, ca) = start_sim(IKEY, SKEY, behaviours(), dir.path());
-    let mut redis = DurableRedis::start(dir.path());
-    let cache = json!({"url": redis.url(), "prefix": "cd:", "timeout": 1});
-    let s = Serve::start(&dir.path().join("serve"), config(&sim, &ca, cache), false);
+    let (_dir, sim, mut redis, s) = on_durable_redis();
     let mut jar = support::serve::Jar::default();
     let form = jar.get(&s.portal());
     let csrf = support::serve::form_value(&form.body, "csrf").unwrap();

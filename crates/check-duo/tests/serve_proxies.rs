@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use duo_sim::{Behaviours, Counters, PushKind, PushState, SimConfig, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
-use support::apache::APACHE2;
-use support::apache_fcgi::{ApacheFcgi, AUTHNZ_FCGI_SO};
-use support::caddy::{Caddy, CADDY};
+use support::apache::{Apache, APACHE2};
+use support::apache_fcgi::AUTHNZ_FCGI_SO;
+use support::caddy::{self, CADDY};
 use support::echo::Echo;
-use support::haproxy::{Haproxy, HAPROXY};
-use support::nginx::{Nginx, NGINX};
-use support::process::{chmod, wait_until};
+use support::haproxy::{self, HAPROXY};
+use support::nginx::{self, NGINX};
+use support::process::{chmod, wait_until, Server};
 use support::redis::{Redis, REDIS_SERVER};
 use support::serve::{http, sign_in_over_http, Serve};
 use support::webdriver::{Browser, CHROMEDRIVER, CHROMIUM};
@@ -87,6 +87,19 @@ fn temp() -> tempfile::TempDir {
     d
 }
 
+/// A world with one daemon (its sessions in `sessions.db`) and no proxy yet: the temp dir, the
+/// simulator (answering by hand), the daemon; with `fastcgi`, its FastCGI authorizer too.
+fn one_daemon(fastcgi: bool) -> (tempfile::TempDir, SimHandle, Serve) {
+    let dir = temp();
+    let (sim, ca) = sim(PushKind::Manual, dir.path());
+    let d = Serve::start(
+        &dir.path().join("serve"),
+        config(&sim, &ca, json!({ "path": dir.path().join("sessions.db") })),
+        fastcgi,
+    );
+    (dir, sim, d)
+}
+
 /// The application's pages: a protected page, one with 20 images (protected too), a CGI that
 /// shows what it received (run by Apache only).
 fn write_site(docroot: &Path) {
@@ -132,7 +145,7 @@ fn duo_calls(c: &Counters) -> (u64, u64, u64) {
 /// One world: the simulator, the daemons, the proxies, the browser. Field order is drop order.
 struct World {
     browser: Option<Browser>,
-    nginx: Vec<Nginx>,
+    nginx: Vec<Server>,
     daemons: Vec<Serve>,
     _redis: Option<Redis>,
     sim: SimHandle,
@@ -160,7 +173,7 @@ impl World {
                 config(&sim, &ca, cache),
                 false,
             );
-            ns.push(Nginx::start(
+            ns.push(nginx::start(
                 &dir.path().join(format!("nginx-{i}")),
                 &docroot,
                 d.port,
@@ -208,6 +221,66 @@ impl World {
             d.stop();
         }
     }
+}
+
+/// One daemon behind nginx, and Chromium with `javascript` or without; `None` (the test
+/// skipped) when a tool is missing.
+fn nginx_with_browser(test: &str, javascript: bool) -> Option<World> {
+    browser_and(test, &[("nginx", NGINX)])
+        .then(|| World::nginx(PushKind::Manual, 1, Some(javascript)))
+}
+
+/// Chromium, chromedriver and `tools` are there (see [`support::tools_present`]).
+fn browser_and(test: &str, tools: &[(&str, &str)]) -> bool {
+    support::tools_present(test, &[BROWSER_TOOLS, tools].concat())
+}
+
+/// Without a session, a GET of `url` with `headers` is sent to the sign-in on `d`'s portal,
+/// back to `url` afterwards: the Location.
+fn sent_to_the_portal(
+    url: &str,
+    headers: &[(&str, &str)],
+    d: &Serve,
+    logs: &dyn Fn() -> String,
+) -> String {
+    let r = http("GET", url, headers, None);
+    assert_eq!(r.status, 302, "{}{}", r.body, logs());
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.starts_with(&d.portal()), "{location}");
+    assert!(
+        location.contains("rd=http%3A%2F%2F127.0.0.1%3A"),
+        "{location}"
+    );
+    location
+}
+
+/// Go to the protected `url` and wait for the sign-in form of the daemon on `port`.
+fn goto_sign_in(b: &Browser, url: &str, port: u16, logs: &dyn Fn() -> String) {
+    b.goto(url);
+    wait_for_sign_in_form(b, port, logs);
+}
+
+/// From the protected `url` to the sign-in form of the daemon on `port`, alice's password, and
+/// the waiting page of the push that was sent.
+fn sign_in_until_push(b: &Browser, url: &str, port: u16, logs: &dyn Fn() -> String) {
+    goto_sign_in(b, url, port, logs);
+    push_sent(b, logs);
+}
+
+/// Submit alice's password on the sign-in form; wait for the waiting page of the push.
+fn push_sent(b: &Browser, logs: &dyn Fn() -> String) {
+    submit_password(b, PASSWORD);
+    wait_for_text(b, "Push sent to", logs);
+}
+
+/// Log out on `d`'s portal (the confirmation, then the button): signed out; the protected
+/// `url` then asks for a sign-in again, on the daemon on `port`.
+fn log_out(b: &Browser, d: &Serve, url: &str, port: u16, logs: &dyn Fn() -> String) {
+    b.goto(&d.url("/logout"));
+    let button = b.wait_for_element("button[type=submit]", PAGE);
+    b.click_to_leave(&button);
+    wait_for_text(b, "You are signed out.", logs);
+    goto_sign_in(b, url, port, logs);
 }
 
 /// Wait until the browser is on the portal's sign-in form (served by the daemon on `port`).
@@ -296,20 +369,15 @@ fn approve_on_phone_page(b: &Browser, sim: &SimHandle) {
 /// protected URL asks for a sign-in again.
 #[test]
 fn nginx_browser_sign_in_assets_and_logout() {
-    if !support::tools_present(
-        "nginx_browser_sign_in",
-        &[BROWSER_TOOLS, &[("nginx", NGINX)]].concat(),
-    ) {
+    let Some(w) = nginx_with_browser("nginx_browser_sign_in", true) else {
         return;
-    }
+    };
     let started = Instant::now();
-    let w = World::nginx(PushKind::Manual, 1, Some(true));
     let logs = || w.logs();
     let (b, n, d) = (w.b(), &w.nginx[0], &w.daemons[0]);
     let protected = n.url("/private/");
 
-    b.goto(&protected);
-    wait_for_sign_in_form(b, d.port, &logs);
+    goto_sign_in(b, &protected, d.port, &logs);
     // The form carries the target.
     assert!(b.current_url().contains("rd="), "{}", b.current_url());
     assert_eq!(
@@ -317,8 +385,7 @@ fn nginx_browser_sign_in_assets_and_logout() {
         0,
         "no Duo call before the password"
     );
-    submit_password(b, PASSWORD);
-    wait_for_text(b, "Push sent to", &logs);
+    push_sent(b, &logs);
     wait_for_text(b, "iOS", &logs);
     wait_for_text(b, "Approve it in Duo Mobile.", &logs);
     approve_on_phone_page(b, &w.sim);
@@ -356,12 +423,7 @@ fn nginx_browser_sign_in_assets_and_logout() {
     );
 
     // Logout: a confirmation, then signed out; the protected URL asks for a sign-in again.
-    b.goto(&d.url("/logout"));
-    let button = b.wait_for_element("button[type=submit]", PAGE);
-    b.click_to_leave(&button);
-    wait_for_text(b, "You are signed out.", &logs);
-    b.goto(&protected);
-    wait_for_sign_in_form(b, d.port, &logs);
+    log_out(b, d, &protected, d.port, &logs);
     assert_eq!(w.sim.pushes().len(), 1, "a logout sends no push");
     eprintln!(
         "nginx_browser_sign_in_assets_and_logout: {:?}",
@@ -373,38 +435,27 @@ fn nginx_browser_sign_in_assets_and_logout() {
 /// a. A denied push and a timed-out one show their messages on the waiting page.
 #[test]
 fn nginx_browser_denied_and_timed_out_pushes() {
-    if !support::tools_present(
-        "nginx_browser_denied",
-        &[BROWSER_TOOLS, &[("nginx", NGINX)]].concat(),
-    ) {
+    let Some(w) = nginx_with_browser("nginx_browser_denied", true) else {
         return;
-    }
-    let w = World::nginx(PushKind::Manual, 1, Some(true));
+    };
     let logs = || w.logs();
     let (b, n, d) = (w.b(), &w.nginx[0], &w.daemons[0]);
 
     // A wrong password: no push.
-    b.goto(&n.url("/private/"));
-    wait_for_sign_in_form(b, d.port, &logs);
+    goto_sign_in(b, &n.url("/private/"), d.port, &logs);
     submit_password(b, "not the password");
     wait_for_text(b, "Wrong user name or password. No push was sent.", &logs);
     assert!(w.sim.pushes().is_empty());
 
     // Denied on the phone.
-    b.goto(&n.url("/private/"));
-    wait_for_sign_in_form(b, d.port, &logs);
-    submit_password(b, PASSWORD);
-    wait_for_text(b, "Push sent to", &logs);
+    sign_in_until_push(b, &n.url("/private/"), d.port, &logs);
     let push = w.sim.wait_for_pending(PAGE).expect("a push");
     assert!(w.sim.deny(&push.txid));
     wait_for_text(b, "The push was denied on your phone.", &logs);
     assert!(b.cookie("check-duo").is_none());
 
     // Nobody answers: the push times out (3 s).
-    b.goto(&n.url("/private/"));
-    wait_for_sign_in_form(b, d.port, &logs);
-    submit_password(b, PASSWORD);
-    wait_for_text(b, "Push sent to", &logs);
+    sign_in_until_push(b, &n.url("/private/"), d.port, &logs);
     wait_for_text(b, "Nobody answered the push in time.", &logs);
     assert!(b.cookie("check-duo").is_none());
     // Still not signed in.
@@ -417,18 +468,13 @@ fn nginx_browser_denied_and_timed_out_pushes() {
 /// the push.
 #[test]
 fn nginx_browser_sign_in_without_javascript() {
-    if !support::tools_present(
-        "nginx_browser_nojs",
-        &[BROWSER_TOOLS, &[("nginx", NGINX)]].concat(),
-    ) {
+    let Some(w) = nginx_with_browser("nginx_browser_nojs", false) else {
         return;
-    }
-    let w = World::nginx(PushKind::Manual, 1, Some(false));
+    };
     let logs = || w.logs();
     let (b, n, d) = (w.b(), &w.nginx[0], &w.daemons[0]);
     let protected = n.url("/private/");
-    b.goto(&protected);
-    wait_for_sign_in_form(b, d.port, &logs);
+    goto_sign_in(b, &protected, d.port, &logs);
     // Scripts really are off: a page's own script does not run.
     b.goto("data:text/html,<title>off</title><script>document.title='on'</script>");
     let title = || {
@@ -437,10 +483,7 @@ fn nginx_browser_sign_in_without_javascript() {
     };
     assert!(wait_until(PAGE, || title() == "off"), "{:?}", title());
     assert_ne!(title(), "on", "JavaScript is enabled");
-    b.goto(&protected);
-    wait_for_sign_in_form(b, d.port, &logs);
-    submit_password(b, PASSWORD);
-    wait_for_text(b, "Push sent to", &logs);
+    sign_in_until_push(b, &protected, d.port, &logs);
     let push = w.sim.wait_for_pending(PAGE).expect("a push");
     // The page got there without script: it is the /wait page, refreshed by <noscript>.
     assert!(b.current_url().ends_with("/wait"), "{}", b.current_url());
@@ -453,22 +496,15 @@ fn nginx_browser_sign_in_without_javascript() {
 /// the second serves the protected page with no second push.
 #[test]
 fn two_daemons_share_sessions_through_redis() {
-    let tools = [
-        BROWSER_TOOLS,
-        &[("nginx", NGINX), ("redis-server", REDIS_SERVER)],
-    ]
-    .concat();
-    if !support::tools_present("two_daemons_share_sessions", &tools) {
+    let tools = [("nginx", NGINX), ("redis-server", REDIS_SERVER)];
+    if !browser_and("two_daemons_share_sessions", &tools) {
         return;
     }
     let w = World::nginx(PushKind::Manual, 2, Some(true));
     let logs = || w.logs();
     let b = w.b();
     let first = w.nginx[0].url("/private/");
-    b.goto(&first);
-    wait_for_sign_in_form(b, w.daemons[0].port, &logs);
-    submit_password(b, PASSWORD);
-    wait_for_text(b, "Push sent to", &logs);
+    sign_in_until_push(b, &first, w.daemons[0].port, &logs);
     let push = w.sim.wait_for_pending(PAGE).expect("a push");
     assert!(w.sim.approve(&push.txid));
     wait_for_protected(b, &first, &logs);
@@ -480,12 +516,7 @@ fn two_daemons_share_sessions_through_redis() {
     assert_eq!(duo_calls(&w.sim.counters()), duo_calls(&before));
     assert_eq!(w.sim.pushes().len(), 1, "one push for both");
     // Logging out on the second ends the session on the first too (one store).
-    b.goto(&w.daemons[1].url("/logout"));
-    let button = b.wait_for_element("button[type=submit]", PAGE);
-    b.click_to_leave(&button);
-    wait_for_text(b, "You are signed out.", &logs);
-    b.goto(&first);
-    wait_for_sign_in_form(b, w.daemons[0].port, &logs);
+    log_out(b, &w.daemons[1], &first, w.daemons[0].port, &logs);
     w.stop();
 }
 
@@ -501,18 +532,11 @@ fn nginx_strips_the_gate_cookie_and_client_identity_headers() {
     let echo = n.url("/private/echo");
 
     // Not signed in, whatever Remote-User says: a 302 to the portal, nothing reaches the app.
-    let r = http(
-        "GET",
+    let location = sent_to_the_portal(
         &echo,
         &[("Accept", "text/html"), ("Remote-User", USER)],
-        None,
-    );
-    assert_eq!(r.status, 302, "{}", r.body);
-    let location = r.header("location").unwrap().to_string();
-    assert!(location.starts_with(&d.portal()), "{location}");
-    assert!(
-        location.contains("rd=http%3A%2F%2F127.0.0.1%3A"),
-        "{location}"
+        d,
+        &|| w.logs(),
     );
     // An API client gets the same 302 (nginx turns the gate's 401 into it).
     let r = http("GET", &echo, &[], None);
@@ -555,24 +579,14 @@ fn nginx_strips_the_gate_cookie_and_client_identity_headers() {
 /// gate's cookie and a client's Remote-User do not.
 #[test]
 fn apache_fastcgi_authorizer() {
-    let tools = [
-        BROWSER_TOOLS,
-        &[("apache2", APACHE2), ("mod_authnz_fcgi", AUTHNZ_FCGI_SO)],
-    ]
-    .concat();
-    if !support::tools_present("apache_fastcgi_authorizer", &tools) {
+    let tools = [("apache2", APACHE2), ("mod_authnz_fcgi", AUTHNZ_FCGI_SO)];
+    if !browser_and("apache_fastcgi_authorizer", &tools) {
         return;
     }
-    let dir = temp();
-    let (sim, ca) = sim(PushKind::Manual, dir.path());
+    let (dir, sim, d) = one_daemon(true);
     let docroot = dir.path().join("htdocs");
     write_site(&docroot);
-    let d = Serve::start(
-        &dir.path().join("serve"),
-        config(&sim, &ca, json!({ "path": dir.path().join("sessions.db") })),
-        true,
-    );
-    let apache = ApacheFcgi::start(&dir.path().join("apache"), &docroot, d.fcgi_port.unwrap());
+    let apache = Apache::start_fcgi(&dir.path().join("apache"), &docroot, d.fcgi_port.unwrap());
     let logs = || {
         format!(
             "\n--- serve.log ---\n{}\n--- apache ---\n{}",
@@ -582,26 +596,16 @@ fn apache_fastcgi_authorizer() {
     };
 
     // No session: Apache passes the daemon's 302 on.
-    let r = http(
-        "GET",
+    sent_to_the_portal(
         &apache.url("/private/"),
         &[("Accept", "text/html")],
-        None,
-    );
-    assert_eq!(r.status, 302, "{}{}", r.body, logs());
-    let location = r.header("location").unwrap();
-    assert!(location.starts_with(&d.portal()), "{location}");
-    assert!(
-        location.contains("rd=http%3A%2F%2F127.0.0.1%3A"),
-        "{location}"
+        &d,
+        &logs,
     );
 
     let b = Browser::start(dir.path());
     let protected = apache.url("/private/");
-    b.goto(&protected);
-    wait_for_sign_in_form(&b, d.port, &logs);
-    submit_password(&b, PASSWORD);
-    wait_for_text(&b, "Push sent to", &logs);
+    sign_in_until_push(&b, &protected, d.port, &logs);
     approve_on_phone_page(&b, &sim);
     wait_for_protected(&b, &protected, &logs);
 
@@ -649,39 +653,49 @@ fn apache_fastcgi_authorizer() {
 /// 200 with Remote-User copied, the client's Remote-User and the gate's cookie not passed on.
 #[test]
 fn caddy_forward_auth() {
-    if !support::tools_present("caddy_forward_auth", &[("caddy", CADDY)]) {
+    let Some((token, r)) = echo_behind(
+        "caddy_forward_auth",
+        ("caddy", CADDY),
+        caddy::start,
+        &[("Accept", "text/html")],
+    ) else {
         return;
+    };
+    assert!(!r.body.contains(&token), "{}", r.body);
+}
+
+/// The proxy `start` gives (Caddy, HAProxy: `tool`) in front of an [`Echo`] app, asking the
+/// daemon: 302 to the portal without a session, 401 for an API client; signed in over HTTP, the
+/// app sees the user the gate named and the client's other cookies, neither the gate's cookie
+/// nor the client's Remote-User. `headers` go with the first signed-in request: the session
+/// token and the app's reply to that request; `None` (the test skipped) without the tool.
+fn echo_behind(
+    test: &str,
+    tool: (&str, &str),
+    start: fn(&Path, u16, u16) -> Server,
+    headers: &[(&str, &str)],
+) -> Option<(String, support::serve::Reply)> {
+    if !support::tools_present(test, &[tool]) {
+        return None;
     }
-    let dir = temp();
-    let (sim, ca) = sim(PushKind::Manual, dir.path());
-    let d = Serve::start(
-        &dir.path().join("serve"),
-        config(&sim, &ca, json!({ "path": dir.path().join("sessions.db") })),
-        false,
-    );
+    let (dir, sim, d) = one_daemon(false);
     let app = Echo::start();
-    let caddy = Caddy::start(&dir.path().join("caddy"), d.port, app.port);
+    let proxy = start(&dir.path().join(tool.0), d.port, app.port);
     let logs = || {
         format!(
-            "\n--- serve.log ---\n{}\n--- caddy ---\n{}",
+            "\n--- serve.log ---\n{}\n--- {} ---\n{}",
             d.log(),
-            caddy.log()
+            tool.0,
+            proxy.log()
         )
     };
-    let url = caddy.url("/private/x?a=1");
+    let url = proxy.url("/private/x?a=1");
 
-    let r = http(
-        "GET",
+    let location = sent_to_the_portal(
         &url,
         &[("Accept", "text/html"), ("Remote-User", USER)],
-        None,
-    );
-    assert_eq!(r.status, 302, "{}{}", r.body, logs());
-    let location = r.header("location").unwrap().to_string();
-    assert!(location.starts_with(&d.portal()), "{location}");
-    assert!(
-        location.contains("rd=http%3A%2F%2F127.0.0.1%3A"),
-        "{location}"
+        &d,
+        &logs,
     );
     // An API client: 401, nothing from the app.
     let r = http("GET", &url, &[("Accept", "application/json")], None);
@@ -689,32 +703,26 @@ fn caddy_forward_auth() {
 
     let jar = sign_in_over_http(&location, USER, PASSWORD, &sim);
     let token = jar.session().unwrap().to_string();
-    let r = http(
-        "GET",
-        &url,
-        &[
-            ("Cookie", &format!("a=1; check-duo={token}; b=2")),
-            ("Remote-User", "mallory"),
-            ("Accept", "text/html"),
-        ],
-        None,
-    );
+    let cookies = format!("a=1; check-duo={token}; b=2");
+    let mut sent = vec![("Cookie", cookies.as_str()), ("Remote-User", "mallory")];
+    sent.extend_from_slice(headers);
+    let r = http("GET", &url, &sent, None);
     assert_eq!(r.status, 200, "{}{}", r.body, logs());
     assert!(r.body.starts_with("GET /private/x?a=1 "), "{}", r.body);
     assert!(r.body.contains("\nremote-user: alice\n"), "{}", r.body);
     assert!(!r.body.contains("mallory"), "{}", r.body);
     assert!(r.body.contains("\ncookie: a=1; b=2\n"), "{}", r.body);
-    assert!(!r.body.contains(&token), "{}", r.body);
-    let r = http(
+    let only = http(
         "GET",
         &url,
         &[("Cookie", &format!("check-duo={token}"))],
         None,
     );
-    assert_eq!(r.status, 200);
-    assert!(!r.body.contains("check-duo="), "{}", r.body);
-    drop(caddy);
+    assert_eq!(only.status, 200);
+    assert!(!only.body.contains("check-duo="), "{}", only.body);
+    drop(proxy);
     d.stop();
+    Some((token, r))
 }
 
 /// The value after `key:` on the first line holding it in a shipped YAML file.
@@ -753,13 +761,7 @@ const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
 /// built from the shipped files, to the real daemon.
 #[test]
 fn traefik_and_envoy_requests() {
-    let dir = temp();
-    let (sim, ca) = sim(PushKind::Manual, dir.path());
-    let d = Serve::start(
-        &dir.path().join("serve"),
-        config(&sim, &ca, json!({ "path": dir.path().join("sessions.db") })),
-        false,
-    );
+    let (_dir, sim, d) = one_daemon(false);
     let app = "127.0.0.1:8443";
 
     // Traefik: a GET to `address` with the client's headers and X-Forwarded-*.
@@ -882,61 +884,10 @@ fn traefik_and_envoy_requests() {
 /// gate's cookie not passed on.
 #[test]
 fn haproxy_lua_check() {
-    if !support::tools_present("haproxy_lua_check", &[("haproxy", HAPROXY)]) {
-        return;
-    }
-    let dir = temp();
-    let (sim, ca) = sim(PushKind::Manual, dir.path());
-    let d = Serve::start(
-        &dir.path().join("serve"),
-        config(&sim, &ca, json!({ "path": dir.path().join("sessions.db") })),
-        false,
+    echo_behind(
+        "haproxy_lua_check",
+        ("haproxy", HAPROXY),
+        haproxy::start,
+        &[],
     );
-    let app = Echo::start();
-    let h = Haproxy::start(&dir.path().join("haproxy"), d.port, app.port);
-    let url = h.url("/private/x?a=1");
-    let r = http(
-        "GET",
-        &url,
-        &[("Accept", "text/html"), ("Remote-User", USER)],
-        None,
-    );
-    assert_eq!(r.status, 302, "{}\n{}", r.body, d.log());
-    let location = r.header("location").unwrap().to_string();
-    assert!(location.starts_with(&d.portal()), "{location}");
-    assert!(
-        location.contains("rd=http%3A%2F%2F127.0.0.1%3A"),
-        "{location}"
-    );
-    assert_eq!(
-        http("GET", &url, &[("Accept", "application/json")], None).status,
-        401
-    );
-
-    let jar = sign_in_over_http(&location, USER, PASSWORD, &sim);
-    let token = jar.session().unwrap().to_string();
-    let r = http(
-        "GET",
-        &url,
-        &[
-            ("Cookie", &format!("a=1; check-duo={token}; b=2")),
-            ("Remote-User", "mallory"),
-        ],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.starts_with("GET /private/x?a=1 "), "{}", r.body);
-    assert!(r.body.contains("\nremote-user: alice\n"), "{}", r.body);
-    assert!(!r.body.contains("mallory"), "{}", r.body);
-    assert!(r.body.contains("\ncookie: a=1; b=2\n"), "{}", r.body);
-    let r = http(
-        "GET",
-        &url,
-        &[("Cookie", &format!("check-duo={token}"))],
-        None,
-    );
-    assert_eq!(r.status, 200);
-    assert!(!r.body.contains("check-duo="), "{}", r.body);
-    drop(h);
-    d.stop();
 }

@@ -3,13 +3,13 @@
 //! [`render_check_duo_conf`]). Follows REFERENCE §4: `-f CONF -DFOREGROUND`, everything in a temp
 //! directory, the modules loaded by hand (the stock apache2.conf needs /etc/apache2/envvars).
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::process::{chmod, free_port, running_as_root, wait_for_port, ChildGuard};
+use super::process::{chmod, open_to_others, running_as_root, start_server, Server};
+use super::{replace_each, replace_once};
 
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const MODULES_DIR: &str = "/usr/lib/apache2/modules";
@@ -39,17 +39,6 @@ pub const MODULES: &[&str] = &[
 /// root. Every file they read must be readable by them: see [`Apache::start`].
 pub const UNPRIVILEGED: (&str, &str) = ("nobody", "nogroup");
 
-/// Replace the one occurrence of `from` in `text`; a shipped file that no longer contains it
-/// must fail the test loudly rather than quietly test another configuration.
-fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
-    let n = text.matches(from).count();
-    assert_eq!(
-        n, 1,
-        "{file}: expected `{from}` exactly once, found it {n} times"
-    );
-    text.replacen(from, to, 1)
-}
-
 /// deploy/apache/check-duo.conf as shipped, with three substitutions and nothing else:
 /// - the session passphrase file and the authenticator command line point into the temp dir;
 /// - the session cookie loses its `secure` flag, because the tests speak plain HTTP to
@@ -73,16 +62,18 @@ pub fn render_check_duo_conf(
         !authenticator.contains('"'),
         "the authenticator command line cannot contain quotes: {authenticator}"
     );
-    let text = replace_once(
+    let text = replace_each(
         &text,
-        "SessionCookieName formsession path=/;httponly;secure;SameSite=Lax",
-        "SessionCookieName formsession path=/;httponly;SameSite=Lax",
-        &file,
-    );
-    let text = replace_once(
-        &text,
-        "SessionCryptoPassphraseFile /etc/check-duo/session-passphrase",
-        &format!("SessionCryptoPassphraseFile {}", passphrase_file.display()),
+        &[
+            (
+                "SessionCookieName formsession path=/;httponly;secure;SameSite=Lax",
+                "SessionCookieName formsession path=/;httponly;SameSite=Lax",
+            ),
+            (
+                "SessionCryptoPassphraseFile /etc/check-duo/session-passphrase",
+                &format!("SessionCryptoPassphraseFile {}", passphrase_file.display()),
+            ),
+        ],
         &file,
     );
     if installed.is_some() {
@@ -131,142 +122,134 @@ pub struct ApacheSpec<'a> {
 pub struct Apache {
     pub port: u16,
     pub dir: PathBuf,
-    error_log: PathBuf,
-    guard: ChildGuard,
+    /// Its log is the ErrorLog.
+    server: Server,
 }
 
 impl Apache {
     /// Write the configuration under `dir` (created) and start Apache on a free port (retrying
     /// with another port if the one picked was taken meanwhile).
     pub fn start(dir: &Path, spec: &ApacheSpec<'_>) -> Apache {
-        fs::create_dir_all(dir.join("logs")).expect("mkdir logs");
-        fs::create_dir_all(dir.join("run")).expect("mkdir run");
         let passphrase_file = dir.join("session-passphrase");
+        let conf_d = dir.join("conf");
+        fs::create_dir_all(&conf_d).expect("mkdir conf");
         fs::write(&passphrase_file, spec.passphrase).expect("write passphrase");
         // Read by the parent while it is still root, like /etc/check-duo/session-passphrase.
         chmod(&passphrase_file, 0o600);
-        let conf_d = dir.join("conf");
-        fs::create_dir_all(&conf_d).expect("mkdir conf");
         let check_duo_conf = conf_d.join("check-duo.conf");
         fs::write(
             &check_duo_conf,
             render_check_duo_conf(spec.authenticator, &passphrase_file, spec.installed_conf),
         )
         .expect("write check-duo.conf");
-        // Used exactly as shipped.
-        let protected = format!("{DEPLOY_DIR}/protected-location.conf");
-
-        let as_root = running_as_root();
-        if as_root {
+        if running_as_root() {
             // The children run as `nobody`: they must reach the docroot and everything the
             // authenticator reads below `dir`.
-            let mut p = Some(dir);
-            while let Some(d) = p {
-                if d.starts_with(std::env::temp_dir()) && d != std::env::temp_dir() {
-                    chmod(d, 0o755);
-                }
-                p = d.parent();
-            }
+            open_to_others(dir);
         }
+        // protected-location.conf is used exactly as shipped.
+        let site = format!(
+            "Include {}\nInclude {DEPLOY_DIR}/protected-location.conf\n",
+            check_duo_conf.display()
+        );
+        Apache::launch(spec.name, dir, MODULES, spec.docroot, &site)
+    }
 
-        let mut last_err = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let conf = dir.join("httpd.conf");
-            fs::write(
-                &conf,
-                main_conf(
-                    dir,
-                    port,
-                    spec.docroot,
-                    &check_duo_conf,
-                    &protected,
-                    as_root,
-                ),
-            )
-            .expect("write httpd.conf");
-            let error_log = dir.join("logs/error.log");
-            let _ = fs::remove_file(&error_log);
-            let child = Command::new(APACHE2)
-                .args(["-f"])
-                .arg(&conf)
-                .arg("-DFOREGROUND")
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{}: spawn {APACHE2}: {e}", spec.name));
-            let mut guard = ChildGuard::new(spec.name, child);
-            match wait_for_port(port, Duration::from_secs(15), &mut guard) {
-                Ok(()) => {
-                    return Apache {
-                        port,
-                        dir: dir.to_path_buf(),
-                        error_log,
-                        guard,
-                    }
-                }
-                Err(e) => {
-                    let log = fs::read_to_string(&error_log).unwrap_or_default();
-                    last_err = format!("{}: {e}\n--- error.log ---\n{log}", spec.name);
-                    if !log.contains("Address already in use") {
-                        break;
-                    }
-                }
-            }
+    /// Start Apache under `dir` (its httpd.conf, logs/ and run/ there) on a free port, loading
+    /// `modules`, serving `docroot`, with `site` (directives) at the end of httpd.conf. The
+    /// common part of [`Apache::start`] and `Apache::start_fcgi` (apache_fcgi.rs).
+    pub fn launch(name: &str, dir: &Path, modules: &[&str], docroot: &Path, site: &str) -> Apache {
+        for sub in ["logs", "run"] {
+            fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
-        panic!("{last_err}");
+        let as_root = running_as_root();
+        let conf = dir.join("httpd.conf");
+        let error_log = dir.join("logs/error.log");
+        let server = start_server(
+            name,
+            dir,
+            1,
+            Some(&error_log),
+            Duration::from_secs(15),
+            |ports| {
+                let httpd = main_conf(dir, ports[0], modules, docroot, site, as_root);
+                fs::write(&conf, httpd).expect("write httpd.conf");
+                let mut cmd = Command::new(APACHE2);
+                cmd.arg("-f")
+                    .arg(&conf)
+                    .arg("-DFOREGROUND")
+                    .env_clear()
+                    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit());
+                cmd
+            },
+        );
+        Apache {
+            port: server.port,
+            dir: dir.to_path_buf(),
+            server,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.server.url(path)
     }
 
     /// The ErrorLog: Apache's messages and the authenticator's stderr.
     pub fn error_log(&self) -> String {
-        fs::read_to_string(&self.error_log).unwrap_or_default()
+        self.server.log()
+    }
+
+    /// logs/access.log, for a `site` that writes one.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
     }
 
     /// Whether Apache is still running.
     pub fn running(&mut self) -> bool {
-        self.guard.exited().is_none()
+        self.server.running()
     }
 }
 
 fn main_conf(
     dir: &Path,
     port: u16,
+    modules: &[&str],
     docroot: &Path,
-    check_duo_conf: &Path,
-    protected: &str,
+    site: &str,
     as_root: bool,
 ) -> String {
     let d = dir.display();
-    let mut c = String::new();
-    let _ = writeln!(c, "# Generated by tests/support/apache.rs");
-    let _ = writeln!(c, "ServerRoot {d}");
-    let _ = writeln!(c, "ServerName 127.0.0.1");
-    let _ = writeln!(c, "Listen 127.0.0.1:{port}");
-    let _ = writeln!(c, "PidFile {d}/run/httpd.pid");
-    let _ = writeln!(c, "DefaultRuntimeDir {d}/run");
-    let _ = writeln!(c, "ErrorLog {d}/logs/error.log");
-    let _ = writeln!(c, "LogLevel warn");
-    for m in MODULES {
-        let _ = writeln!(c, "LoadModule {m}_module {MODULES_DIR}/mod_{m}.so");
-    }
-    if as_root {
+    let modules: String = modules
+        .iter()
+        .map(|m| format!("LoadModule {m}_module {MODULES_DIR}/mod_{m}.so\n"))
+        .collect();
+    let user = if as_root {
         let (user, group) = UNPRIVILEGED;
-        let _ = writeln!(c, "User {user}\nGroup {group}");
-    }
+        format!("User {user}\nGroup {group}\n")
+    } else {
+        String::new()
+    };
     // One child process is plenty for a test and keeps the machine free.
-    let _ = writeln!(c, "StartServers 1\nMinSpareThreads 5\nMaxSpareThreads 50");
-    let _ = writeln!(c, "ThreadsPerChild 25\nMaxRequestWorkers 50");
-    let _ = writeln!(c, "TypesConfig /etc/mime.types");
-    let _ = writeln!(c, "DocumentRoot {}", docroot.display());
-    let _ = writeln!(c, "DirectoryIndex index.html");
-    let _ = writeln!(c, "Include {}", check_duo_conf.display());
-    let _ = writeln!(c, "Include {protected}");
-    c
+    format!(
+        "# Generated by tests/support/apache.rs
+ServerRoot {d}
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile {d}/run/httpd.pid
+DefaultRuntimeDir {d}/run
+ErrorLog {d}/logs/error.log
+LogLevel warn
+{modules}{user}StartServers 1
+MinSpareThreads 5
+MaxSpareThreads 50
+ThreadsPerChild 25
+MaxRequestWorkers 50
+TypesConfig /etc/mime.types
+DocumentRoot {docroot}
+DirectoryIndex index.html
+{site}",
+        docroot = docroot.display(),
+    )
 }

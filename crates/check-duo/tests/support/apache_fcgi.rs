@@ -1,16 +1,15 @@
 //! A real, unprivileged Apache with `mod_authnz_fcgi` asking `check-duo serve`'s FastCGI
 //! authorizer, configured from the SHIPPED `deploy/apache/check-duo-fcgi.conf` with only the
 //! daemon's port changed. Its site: the caller's document root, `.cgi` files under /private/
-//! run as CGI (mod_cgid), and an access log of `%u` (the user Apache settled on).
+//! run as CGI (mod_cgid), and an access log of `%u` (the user Apache settled on). Started as
+//! apache.rs starts Apache.
 
-use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use super::apache::{APACHE2, MODULES_DIR, UNPRIVILEGED};
-use super::process::{chmod, free_port, running_as_root, wait_for_port, ChildGuard};
+use super::apache::Apache;
+use super::process::{open_to_others, running_as_root};
+use super::replace_once;
 
 pub const AUTHNZ_FCGI_SO: &str = "/usr/lib/apache2/modules/mod_authnz_fcgi.so";
 pub const SHIPPED: &str = concat!(
@@ -33,124 +32,38 @@ const MODULES: &[&str] = &[
 
 pub fn render(fcgi_port: u16) -> String {
     let text = fs::read_to_string(SHIPPED).unwrap_or_else(|e| panic!("read {SHIPPED}: {e}"));
-    assert_eq!(
-        text.matches(SHIPPED_BACKEND).count(),
-        1,
-        "{SHIPPED}: expected `{SHIPPED_BACKEND}` exactly once"
-    );
-    text.replacen(
+    replace_once(
+        &text,
         SHIPPED_BACKEND,
         &format!("fcgi://127.0.0.1:{fcgi_port}/"),
-        1,
+        SHIPPED,
     )
 }
 
-pub struct ApacheFcgi {
-    pub port: u16,
-    dir: PathBuf,
-    _guard: ChildGuard,
-}
-
-impl ApacheFcgi {
-    pub fn start(dir: &Path, docroot: &Path, fcgi_port: u16) -> ApacheFcgi {
-        for sub in ["logs", "run", "conf"] {
-            fs::create_dir_all(dir.join(sub)).expect("mkdir");
-        }
+impl Apache {
+    /// Apache under `dir` in front of `docroot`, asking the FastCGI authorizer on `fcgi_port`;
+    /// [`Apache::access_log`] has a line `%u "%r" %>s` per request.
+    pub fn start_fcgi(dir: &Path, docroot: &Path, fcgi_port: u16) -> Apache {
+        fs::create_dir_all(dir.join("conf")).expect("mkdir conf");
         let snippet = dir.join("conf/check-duo-fcgi.conf");
         fs::write(&snippet, render(fcgi_port)).expect("write check-duo-fcgi.conf");
-        let as_root = running_as_root();
-        if as_root {
-            let mut p = Some(docroot);
-            while let Some(d) = p {
-                if d.starts_with(std::env::temp_dir()) && d != std::env::temp_dir() {
-                    chmod(d, 0o755);
-                }
-                p = d.parent();
-            }
+        if running_as_root() {
+            open_to_others(docroot);
         }
-        let mut last = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let conf = dir.join("httpd.conf");
-            fs::write(&conf, main_conf(dir, port, docroot, &snippet, as_root))
-                .expect("write httpd.conf");
-            let error_log = dir.join("logs/error.log");
-            let _ = fs::remove_file(&error_log);
-            let child = Command::new(APACHE2)
-                .arg("-f")
-                .arg(&conf)
-                .arg("-DFOREGROUND")
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {APACHE2}: {e}"));
-            let mut guard = ChildGuard::new("apache-fcgi", child);
-            match wait_for_port(port, Duration::from_secs(15), &mut guard) {
-                Ok(()) => {
-                    return ApacheFcgi {
-                        port,
-                        dir: dir.to_path_buf(),
-                        _guard: guard,
-                    }
-                }
-                Err(e) => {
-                    let log = fs::read_to_string(&error_log).unwrap_or_default();
-                    last = format!("apache-fcgi: {e}\n--- error.log ---\n{log}");
-                    if !log.contains("Address already in use") {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("{last}");
+        let d = dir.display();
+        let site = format!(
+            r#"ScriptSock {d}/run/cgid.sock
+LogFormat "%u \"%r\" %>s" user
+CustomLog {d}/logs/access.log user
+<Directory {docroot}/private>
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+</Directory>
+Include {snippet}
+"#,
+            docroot = docroot.display(),
+            snippet = snippet.display(),
+        );
+        Apache::launch("apache-fcgi", dir, MODULES, docroot, &site)
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn error_log(&self) -> String {
-        fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
-    }
-
-    /// One line per request: `%u "%r" %>s`.
-    pub fn access_log(&self) -> String {
-        fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
-    }
-}
-
-fn main_conf(dir: &Path, port: u16, docroot: &Path, snippet: &Path, as_root: bool) -> String {
-    let d = dir.display();
-    let mut c = String::new();
-    let _ = writeln!(c, "# Generated by tests/support/apache_fcgi.rs");
-    let _ = writeln!(c, "ServerRoot {d}");
-    let _ = writeln!(c, "ServerName 127.0.0.1");
-    let _ = writeln!(c, "Listen 127.0.0.1:{port}");
-    let _ = writeln!(c, "PidFile {d}/run/httpd.pid");
-    let _ = writeln!(c, "DefaultRuntimeDir {d}/run");
-    let _ = writeln!(c, "ScriptSock {d}/run/cgid.sock");
-    let _ = writeln!(c, "ErrorLog {d}/logs/error.log");
-    let _ = writeln!(c, "LogLevel warn");
-    let _ = writeln!(c, "LogFormat \"%u \\\"%r\\\" %>s\" user");
-    let _ = writeln!(c, "CustomLog {d}/logs/access.log user");
-    for m in MODULES {
-        let _ = writeln!(c, "LoadModule {m}_module {MODULES_DIR}/mod_{m}.so");
-    }
-    if as_root {
-        let (user, group) = UNPRIVILEGED;
-        let _ = writeln!(c, "User {user}\nGroup {group}");
-    }
-    let _ = writeln!(c, "StartServers 1\nMinSpareThreads 5\nMaxSpareThreads 50");
-    let _ = writeln!(c, "ThreadsPerChild 25\nMaxRequestWorkers 50");
-    let _ = writeln!(c, "TypesConfig /etc/mime.types");
-    let _ = writeln!(c, "DocumentRoot {}", docroot.display());
-    let _ = writeln!(c, "DirectoryIndex index.html");
-    let _ = writeln!(c, "<Directory {}/private>", docroot.display());
-    let _ = writeln!(c, "  Options +ExecCGI\n  AddHandler cgi-script .cgi");
-    let _ = writeln!(c, "</Directory>");
-    let _ = writeln!(c, "Include {}", snippet.display());
-    c
 }

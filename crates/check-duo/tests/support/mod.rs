@@ -47,3 +47,24 @@ pub fn tools_present(test: &str, tools: &[(&str, &str)]) -> bool {
     eprintln!("################################################################################");
     false
 }
+
+/// `text` with its one occurrence of `from` replaced: a shipped file (`file`, for the message)
+/// that no longer contains it exactly once fails the test loudly rather than quietly testing
+/// another configuration.
+pub fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
+    let n = text.matches(from).count();
+    assert_eq!(
+        n, 1,
+        "{file}: expected `{from}` exactly once, found it {n} times"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// [`replace_once`] for each `(from, to)` in turn.
+pub fn replace_each(text: &str, substitutions: &[(&str, &str)], file: &str) -> String {
+    substitutions
+        .iter()
+        .fold(text.to_string(), |t, (from, to)| {
+            replace_once(&t, from, to, file)
+        })
+}

@@ -1,10 +1,10 @@
-//! Child processes that die with the test (RAII), free loopback ports, waiting for them, and one
-//! run of check-duo as mod_authnz_external runs it.
+//! Child processes that die with the test (RAII), free loopback ports, waiting for them, servers
+//! started on them, and one run of check-duo as mod_authnz_external runs it.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -86,6 +86,92 @@ pub fn wait_for_port(port: u16, timeout: Duration, child: &mut ChildGuard) -> Re
     }
 }
 
+/// A server started by [`start_server`]; stopped when dropped.
+pub struct Server {
+    /// The first of its ports.
+    pub port: u16,
+    /// All of them, in the order [`start_server`] gave them to its command.
+    pub ports: Vec<u16>,
+    /// Where its configuration and files are.
+    pub dir: PathBuf,
+    log: Option<PathBuf>,
+    pub guard: ChildGuard,
+}
+
+impl Server {
+    /// `http://127.0.0.1:PORT{path}` on its first port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Its messages (the `log` it was started with), empty without one.
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.guard.exited().is_none()
+    }
+}
+
+/// Start a server from a configuration in `dir` (created) on `ports` free loopback ports:
+/// `command` writes the configuration for the ports it is given and returns the command to run
+/// (stdin is closed here, stdout and stderr are the caller's). Ready once every port accepts
+/// connections within `timeout`. A server that fails is stopped and, if its messages (`log`:
+/// the file it writes them to, removed before each try) say the address was in use, tried again
+/// on other ports; any other failure panics with the messages. Without a `log` every failure is
+/// tried again.
+pub fn start_server(
+    name: &str,
+    dir: &Path,
+    ports: usize,
+    log: Option<&Path>,
+    timeout: Duration,
+    mut command: impl FnMut(&[u16]) -> Command,
+) -> Server {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let mut last = String::new();
+    for _attempt in 0..5 {
+        let ports: Vec<u16> = (0..ports).map(|_| free_port()).collect();
+        if let Some(log) = log {
+            let _ = std::fs::remove_file(log);
+        }
+        let mut cmd = command(&ports);
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| {
+            panic!("{name}: spawn {}: {e}", cmd.get_program().to_string_lossy())
+        });
+        let mut guard = ChildGuard::new(name, child);
+        let up = ports
+            .iter()
+            .try_for_each(|&port| wait_for_port(port, timeout, &mut guard));
+        let Err(e) = up else {
+            return Server {
+                port: ports[0],
+                ports,
+                dir: dir.to_path_buf(),
+                log: log.map(Path::to_path_buf),
+                guard,
+            };
+        };
+        guard.stop(Duration::from_secs(5));
+        let Some(log) = log else {
+            // Most likely a port was taken between free_port() and the bind: try others.
+            last = format!("{name}: {e}");
+            continue;
+        };
+        let messages = std::fs::read_to_string(log).unwrap_or_default();
+        last = format!("{name}: {e}\n--- {} ---\n{messages}", log.display());
+        if !messages.to_ascii_lowercase().contains("in use") {
+            break;
+        }
+    }
+    panic!("{last}");
+}
+
 /// Poll `cond` every 50 ms until it holds; false after `timeout`.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -104,6 +190,17 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Make `path` and its ancestors below the temporary directory searchable by everyone: a
+/// server's unprivileged children (when the tests run as root) read files below them.
+pub fn open_to_others(path: &Path) {
+    let tmp = std::env::temp_dir();
+    for d in path.ancestors() {
+        if d.starts_with(&tmp) && d != tmp {
+            chmod(d, 0o755);
+        }
+    }
 }
 
 /// Whether the tests run as root (Apache then needs `User`/`Group` and readable files).

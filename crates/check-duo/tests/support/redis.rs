@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::process::{free_port, wait_for_port, ChildGuard};
+use super::process::{start_server, Server};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
 /// A running redis-server; stopped when dropped.
 pub struct Redis {
     pub port: u16,
-    _guard: ChildGuard,
+    _server: Server,
 }
 
 impl Redis {
@@ -47,35 +47,31 @@ impl Redis {
 
     fn start_with(dir: &Path, listen: impl Fn(u16) -> Vec<String>) -> Redis {
         let dir = dir.join("redis");
-        fs::create_dir_all(&dir).expect("mkdir redis");
-        let mut last_err = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let child = Command::new(REDIS_SERVER)
-                .args(listen(port))
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--daemonize", "no", "--loglevel", "warning"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {REDIS_SERVER}: {e}"));
-            let mut guard = ChildGuard::new("redis-server", child);
-            match wait_for_port(port, Duration::from_secs(10), &mut guard) {
-                Ok(()) => {
-                    return Redis {
-                        port,
-                        _guard: guard,
-                    }
-                }
-                // Most likely the port was taken between free_port() and the bind: try another.
-                Err(e) => last_err = e,
-            }
+        // No log: whatever failed (most likely a port taken between free_port() and the
+        // bind), another port is tried.
+        let server = start_server(
+            "redis-server",
+            &dir,
+            1,
+            None,
+            Duration::from_secs(10),
+            |p| {
+                let mut cmd = Command::new(REDIS_SERVER);
+                cmd.args(listen(p[0]))
+                    .args(["--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--daemonize", "no", "--loglevel", "warning"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit());
+                cmd
+            },
+        );
+        Redis {
+            port: server.port,
+            _server: server,
         }
-        panic!("redis-server: {last_err}");
     }
 
     pub fn url(&self) -> String {

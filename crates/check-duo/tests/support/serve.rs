@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::process::{free_port, wait_for_port, wait_until, ChildGuard};
+use super::process::{start_server, wait_until, ChildGuard, Server};
 
 /// A running daemon.
 pub struct Serve {
@@ -17,7 +17,12 @@ pub struct Serve {
     /// The FastCGI authorizer's port, when asked for.
     pub fcgi_port: Option<u16>,
     pub dir: PathBuf,
-    child: ChildGuard,
+    /// Its config file, `serve.json` in `dir`.
+    pub config: PathBuf,
+    /// Its log is `serve.log` in `dir`.
+    server: Server,
+    /// For [`Serve::send`] and [`Serve::jar`]: connections kept alive, as a proxy keeps them.
+    agent: ureq::Agent,
 }
 
 /// The portal's URL for a daemon on `port`: the daemon itself, on 127.0.0.1 like the proxies in
@@ -26,77 +31,93 @@ pub fn portal_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/")
 }
 
+/// `check-duo serve -c config`, its stderr appended to `log`.
+fn serve_command(config: &Path, log: &Path) -> Command {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open serve.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-duo"));
+    cmd.args(["serve", "-c"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 impl Serve {
     /// Write `config` (a seed config; its `server` section gets `listen`, `portal_url` and,
     /// with `fastcgi`, `fastcgi_listen` set to free ports) under `dir` and start the daemon.
     pub fn start(dir: &Path, mut config: Value, fastcgi: bool) -> Serve {
-        fs::create_dir_all(dir).expect("mkdir serve dir");
-        let mut last = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let fcgi_port = fastcgi.then(free_port);
-            if config.get("server").is_none() {
-                config["server"] = json!({});
-            }
-            config["server"]["listen"] = json!(format!("127.0.0.1:{port}"));
-            config["server"]["portal_url"] = json!(portal_url(port));
-            if let Some(p) = fcgi_port {
-                config["server"]["fastcgi_listen"] = json!(format!("127.0.0.1:{p}"));
-            }
-            let cfg_file = dir.join("serve.json");
-            fs::write(&cfg_file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-            let log = dir.join("serve.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_check-duo"))
-                .args(["serve", "-c"])
-                .arg(&cfg_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("spawn check-duo serve");
-            let mut child = ChildGuard::new("check-duo serve", child);
-            let mut s = match wait_for_port(port, Duration::from_secs(20), &mut child) {
-                Ok(()) => Serve {
-                    port,
-                    fcgi_port,
-                    dir: dir.to_path_buf(),
-                    child,
-                },
-                Err(e) => {
-                    last = format!(
-                        "{e}\n--- serve.log ---\n{}",
-                        fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    if last.contains("in use") {
-                        continue;
-                    }
-                    panic!("check-duo serve: {last}");
+        let cfg_file = dir.join("serve.json");
+        let log = dir.join("serve.log");
+        let ports = 1 + usize::from(fastcgi);
+        let server = start_server(
+            "check-duo serve",
+            dir,
+            ports,
+            Some(&log),
+            Duration::from_secs(20),
+            |ports| {
+                if config.get("server").is_none() {
+                    config["server"] = json!({});
                 }
-            };
-            if let Some(p) = fcgi_port {
-                if let Err(e) = wait_for_port(p, Duration::from_secs(10), &mut s.child) {
-                    panic!("check-duo serve (FastCGI): {e}\n{}", s.log());
+                config["server"]["listen"] = json!(format!("127.0.0.1:{}", ports[0]));
+                config["server"]["portal_url"] = json!(portal_url(ports[0]));
+                if let Some(p) = ports.get(1) {
+                    config["server"]["fastcgi_listen"] = json!(format!("127.0.0.1:{p}"));
                 }
-            }
-            let agent = ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(5))
-                .build();
-            let healthy = wait_until(Duration::from_secs(20), || {
-                agent
-                    .get(&s.url("/api/health"))
-                    .call()
-                    .ok()
-                    .and_then(|r| r.into_string().ok())
-                    .is_some_and(|b| b == "ok\n")
-            });
-            assert!(healthy, "/api/health never answered ok\n{}", s.log());
-            return s;
-        }
-        panic!("check-duo serve: {last}");
+                fs::write(&cfg_file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+                serve_command(&cfg_file, &log)
+            },
+        );
+        let s = Serve {
+            port: server.port,
+            fcgi_port: server.ports.get(1).copied(),
+            dir: dir.to_path_buf(),
+            config: cfg_file,
+            server,
+            agent: agent(),
+        };
+        s.wait_healthy();
+        s
+    }
+
+    /// Until `/api/health` answers ok.
+    fn wait_healthy(&self) {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build();
+        let healthy = wait_until(Duration::from_secs(20), || {
+            agent
+                .get(&self.url("/api/health"))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .is_some_and(|b| b == "ok\n")
+        });
+        assert!(healthy, "/api/health never answered ok\n{}", self.log());
+    }
+
+    /// Stop the daemon (SIGTERM), change its config with `edit` and start it again on the same
+    /// ports.
+    pub fn restart(&mut self, edit: impl FnOnce(&mut Value)) {
+        self.server.guard.stop(Duration::from_secs(5));
+        let mut config: Value = serde_json::from_slice(&fs::read(&self.config).unwrap()).unwrap();
+        edit(&mut config);
+        fs::write(&self.config, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let log = self.dir.join("serve.log");
+        let child = serve_command(&self.config, &log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn check-duo serve");
+        self.server.guard = ChildGuard::new("check-duo serve", child);
+        self.wait_healthy();
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.server.url(path)
     }
 
     pub fn portal(&self) -> String {
@@ -104,13 +125,46 @@ impl Serve {
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+        self.server.log()
+    }
+
+    /// [`http`] to `path` on the daemon, on the connections of the daemon's agent.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Reply {
+        http_with(&self.agent, method, &self.url(path), headers, form)
+    }
+
+    /// An empty [`Jar`] on the connections of the daemon's agent (those of [`Serve::send`]).
+    pub fn jar(&self) -> Jar {
+        Jar {
+            agent: Some(self.agent.clone()),
+            ..Jar::default()
+        }
+    }
+
+    /// What nginx sends for `target` with `cookie`.
+    pub fn auth_request(&self, target: &str, cookie: &str) -> Reply {
+        self.send(
+            "GET",
+            "/api/authz/auth-request",
+            &[
+                ("X-Original-URL", target),
+                ("X-Original-Method", "GET"),
+                ("Cookie", cookie),
+            ],
+            None,
+        )
     }
 
     /// SIGTERM, then assert that the daemon exited by itself, successfully, saying so.
     pub fn stop(mut self) {
-        self.child.stop(Duration::from_secs(10));
-        let status = self.child.exited().expect("exited after stop");
+        self.server.guard.stop(Duration::from_secs(10));
+        let status = self.server.guard.exited().expect("exited after stop");
         let log = self.log();
         assert!(
             status.success(),
@@ -145,18 +199,35 @@ impl Reply {
     }
 }
 
-/// `method url` with these headers (and a form body), redirects not followed.
+/// An HTTP client that follows no redirect. Its connections are kept alive for its next
+/// requests.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// `method url` with these headers (and a form body), redirects not followed, on a new
+/// connection.
 pub fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     form: Option<&[(&str, &str)]>,
 ) -> Reply {
+    http_with(&agent(), method, url, headers, form)
+}
+
+/// [`http`] with `agent`, on one of its connections if it has one open.
+pub fn http_with(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    form: Option<&[(&str, &str)]>,
+) -> Reply {
     use std::io::Read as _;
-    let agent = ureq::AgentBuilder::new()
-        .redirects(0)
-        .timeout(Duration::from_secs(30))
-        .build();
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
@@ -187,13 +258,28 @@ pub fn http(
 }
 
 /// A browser without a browser: a cookie jar for 127.0.0.1 (cookies ignore ports) and the
-/// portal's sign-in over plain HTTP, with the CSRF token taken from the form.
+/// portal's sign-in over plain HTTP, with the CSRF token taken from the form. Each request on a
+/// new connection, or on those of an agent it was given ([`Serve::jar`]).
 #[derive(Default)]
 pub struct Jar {
     pub cookies: std::collections::BTreeMap<String, String>,
+    agent: Option<ureq::Agent>,
 }
 
 impl Jar {
+    fn http(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Reply {
+        match &self.agent {
+            Some(a) => http_with(a, method, url, headers, form),
+            None => http(method, url, headers, form),
+        }
+    }
+
     pub fn header(&self) -> String {
         self.cookies
             .iter()
@@ -220,14 +306,14 @@ impl Jar {
     /// GET with the jar's cookies, as a browser navigating (Accept: text/html).
     pub fn get(&mut self, url: &str) -> Reply {
         let c = self.header();
-        let r = http("GET", url, &[("Cookie", &c), ("Accept", "text/html")], None);
+        let r = self.http("GET", url, &[("Cookie", &c), ("Accept", "text/html")], None);
         self.take(&r);
         r
     }
 
     pub fn post(&mut self, url: &str, form: &[(&str, &str)]) -> Reply {
         let c = self.header();
-        let r = http(
+        let r = self.http(
             "POST",
             url,
             &[("Cookie", &c), ("Accept", "text/html")],
@@ -240,6 +326,57 @@ impl Jar {
     /// The value of the session cookie, if set.
     pub fn session(&self) -> Option<&str> {
         self.cookies.get("check-duo").map(String::as_str)
+    }
+
+    /// The session cookie as a `Cookie` header sends it (`check-duo=…`), if set.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.session().map(|t| format!("check-duo={t}"))
+    }
+
+    /// The CSRF cookie's value: the token the portal's forms carry.
+    pub fn csrf(&self) -> String {
+        self.cookies
+            .get("check-duo-csrf")
+            .cloned()
+            .expect("a CSRF cookie")
+    }
+
+    /// GET the sign-in form at `sign_in_url` (its `?rd=…` URL), then POST `user` and `password`
+    /// with the form's CSRF token and target, and `extra` fields: the reply of the POST.
+    pub fn post_password(
+        &mut self,
+        sign_in_url: &str,
+        user: &str,
+        password: &str,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let form = self.get(sign_in_url);
+        assert_eq!(form.status, 200, "the sign-in form: {}", form.body);
+        let csrf = form_value(&form.body, "csrf").expect("a csrf field");
+        let rd = form_value(&form.body, "rd").unwrap_or_default();
+        let base = sign_in_url.split('?').next().unwrap();
+        let mut fields = vec![
+            ("csrf", csrf.as_str()),
+            ("rd", rd.as_str()),
+            ("username", user),
+            ("password", password),
+        ];
+        fields.extend_from_slice(extra);
+        self.post(base, &fields)
+    }
+
+    /// Poll the sign-in's flow on the portal at `portal` until it leaves `waiting`; the
+    /// waiting page then.
+    pub fn settle(&mut self, portal: &str) -> Reply {
+        let flow = format!("{portal}api/flow");
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let r = self.http("GET", &flow, &[("Cookie", &self.header())], None);
+                !r.body.contains("waiting")
+            }),
+            "the sign-in never left waiting"
+        );
+        self.get(&format!("{portal}wait"))
     }
 }
 
@@ -267,23 +404,9 @@ pub fn sign_in_over_http(
     sim: &duo_sim::SimHandle,
 ) -> Jar {
     let mut jar = Jar::default();
-    let form = jar.get(sign_in_url);
-    assert_eq!(form.status, 200, "the sign-in form: {}", form.body);
-    let csrf = form_value(&form.body, "csrf").expect("a csrf field");
-    let rd = form_value(&form.body, "rd").unwrap_or_default();
-    let base = sign_in_url.split('?').next().unwrap();
-    let r = jar.post(
-        base,
-        &[
-            ("csrf", &csrf),
-            ("rd", &rd),
-            ("username", user),
-            ("password", password),
-            ("factor", "push"),
-        ],
-    );
+    let r = jar.post_password(sign_in_url, user, password, &[("factor", "push")]);
     assert_eq!(r.status, 303, "the sign-in POST: {}", r.body);
-    let wait = format!("{}wait", base);
+    let wait = format!("{}wait", sign_in_url.split('?').next().unwrap());
     let push = sim
         .wait_for_pending(Duration::from_secs(20))
         .expect("a push was sent");
