@@ -63,6 +63,10 @@ pub enum Event {
     RuleDeny,
     /// Long-running mode: a session cookie that names no valid session.
     NoSession,
+    /// Duo's Universal Prompt approved the sign-in (its `id_token` validated).
+    PromptApproved,
+    /// Duo's Universal Prompt did not approve it, or its answer was not valid.
+    PromptDenied,
 }
 
 impl Event {
@@ -102,6 +106,8 @@ impl Event {
             Event::Bypass => "bypass",
             Event::RuleDeny => "rule_deny",
             Event::NoSession => "no_session",
+            Event::PromptApproved => "prompt_approved",
+            Event::PromptDenied => "prompt_denied",
         }
     }
 }

@@ -252,6 +252,34 @@ impl<'a> Gate<'a> {
         d
     }
 
+    /// A second factor another party checked (Duo's Universal Prompt, whose answer the front-end
+    /// validated): its decision `d` (a grant or a deny) finishes like a push's, and a grant is
+    /// stored as the session of the request's token, unless the session was logged out since
+    /// `started_ms` (when the front-end sent the user to the prompt). Only where sessions are
+    /// not bound to the password.
+    pub fn second_factor_done(&self, req: &Request, d: Decision, started_ms: i64) -> Decision {
+        if self.policy.session.bound_to_password {
+            return Decision::deny(
+                Event::ConfigError,
+                "a second factor without the password, where sessions are bound to it",
+            );
+        }
+        if !self.policy.users.contains_key(&req.user) {
+            return Decision::deny(Event::UnknownUser, "unknown user");
+        }
+        let s = self.subject(req);
+        let id = s.session.clone().unwrap_or_default();
+        let own = OwnPush {
+            txid: String::new(),
+            call: false,
+            session_lock: None,
+            user_lock: None,
+            tag: s.tag.clone(),
+            started_ms,
+        };
+        self.finish_factor(&s, &id, d, &own)
+    }
+
     fn after_password(&self, s: &Subject<'_>, requested: Requested) -> Decision {
         let req = s.req;
         if limits::no_push_path(&self.policy.limits, &req.uri) {

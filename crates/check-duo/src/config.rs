@@ -61,6 +61,15 @@ pub struct DuoConfig {
     /// `duo.verified_push`: the long-running mode asks for Verified Push (the pipe mode cannot
     /// show its code).
     pub verified_push: bool,
+    /// `duo.prompt: "universal"`: the Universal Prompt application (`serve` only).
+    pub universal: Option<UniversalApp>,
+}
+
+/// Duo's Universal Prompt application, for the long-running mode's portal.
+#[derive(Clone, Debug)]
+pub struct UniversalApp {
+    pub client_id: String,
+    pub client_secret: Secret,
 }
 
 /// The checked configuration: the core's [`Policy`] and what the front-ends need besides.
@@ -151,6 +160,11 @@ struct RawDuo {
     failmode_networks: Option<Vec<String>>,
     /// `serve`: ask for Verified Push where Duo's policy has it (default true).
     verified_push: Option<bool>,
+    /// `serve`: `"push"` (Auth API pushes, the default) or `"universal"` (Duo's hosted prompt).
+    prompt: Option<String>,
+    /// The Universal Prompt application (Web SDK): 20 and 40 characters.
+    client_id: Option<String>,
+    client_secret: Option<String>,
 }
 
 /// The seed writes `"port": "6379"`; numbers are accepted too.
@@ -445,7 +459,7 @@ fn limits(raw: Option<&RawLimits>, err: &ErrFn<'_>) -> Result<Limits, ConfigErro
 fn is_secret_key(key: &str) -> bool {
     matches!(
         key,
-        "password" | "duo.skey" | "cache.password" | "cache.url"
+        "password" | "duo.skey" | "duo.client_secret" | "cache.password" | "cache.url"
     ) || key.starts_with("usernames.")
         || key.starts_with("server.secrets")
         || key.starts_with("totp.")
@@ -489,6 +503,45 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<(DuoConfig, FactorPolicy), Confi
     if raw.ikey.trim().is_empty() {
         return Err(err("duo.ikey", "empty".into()));
     }
+    let universal = match raw.prompt.as_deref().unwrap_or("push") {
+        "push" => None,
+        "universal" => {
+            let id = raw.client_id.clone().ok_or_else(|| {
+                err(
+                    "duo.client_id",
+                    "missing (duo.prompt \"universal\" needs it)".into(),
+                )
+            })?;
+            let secret = raw.client_secret.clone().ok_or_else(|| {
+                err(
+                    "duo.client_secret",
+                    "missing (duo.prompt \"universal\" needs it)".into(),
+                )
+            })?;
+            if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(err(
+                    "duo.client_id",
+                    "not a client id (20 letters and digits)".into(),
+                ));
+            }
+            if secret.len() != 40 {
+                return Err(err(
+                    "duo.client_secret",
+                    "not a client secret (40 characters; the value is not shown)".into(),
+                ));
+            }
+            Some(UniversalApp {
+                client_id: id,
+                client_secret: Secret::new(secret),
+            })
+        }
+        other => {
+            return Err(err(
+                "duo.prompt",
+                format!("{other:?}: \"push\" or \"universal\""),
+            ))
+        }
+    };
     if raw.skey.is_empty() {
         return Err(err("duo.skey", "empty".into()));
     }
@@ -563,6 +616,7 @@ fn duo(raw: &RawDuo, err: &ErrFn<'_>) -> Result<(DuoConfig, FactorPolicy), Confi
         call_timeout: Duration::from_secs(call_timeout),
         sig_version,
         verified_push: raw.verified_push.unwrap_or(true),
+        universal,
     };
     let factor = FactorPolicy {
         failmode,

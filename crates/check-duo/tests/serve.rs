@@ -687,5 +687,8 @@ fn slow_clients_and_oversized_bodies_are_cut_off() {
     let huge = "y".repeat(40_000);
     let r = d.send("GET", "/api/health", &[("X-Padding", &huge)], None);
     assert_eq!(r.status, 431);
+    // Also on a connection of its own (read whole in one go, past hyper's buffer check).
+    let r = support::serve::http("GET", &d.url("/api/health"), &[("X-Padding", &huge)], None);
+    assert_eq!(r.status, 431);
     assert!(d.sim.counters().preauth == 0);
 }

@@ -279,4 +279,21 @@ fn duo(r: &mut Report, cfg: &Config) {
         )),
         Err(e) => r.error(format!("{svc}: check: {e}")),
     }
+    if let Some(u) = &cfg.duo.universal {
+        let client = duo_auth::UniversalClient::new(duo_auth::UniversalConfig {
+            client_id: u.client_id.clone(),
+            client_secret: u.client_secret.clone(),
+            host: cfg.duo.host.clone(),
+            extra_ca_pem: cfg.duo.ca_pem.clone(),
+            call_timeout: cfg.duo.call_timeout,
+        });
+        match client.and_then(|c| c.health_check(deadline())) {
+            Ok(_) => r.ok(format!(
+                "{svc}: Universal Prompt health check: duo.client_id and duo.client_secret accepted"
+            )),
+            Err(e) => r.error(format!(
+                "{svc}: Universal Prompt health check: {e}; verify duo.client_id and duo.client_secret"
+            )),
+        }
+    }
 }

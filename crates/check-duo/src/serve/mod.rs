@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse as _;
 use axum::routing::{any, get};
 use axum::Router;
 use check_duo_core::finish::{self, About};
@@ -58,6 +59,8 @@ pub struct App {
     pub sign_ins: tokio::sync::Semaphore,
     /// The store is the embedded one (see [`App::lookup`]).
     pub embedded: bool,
+    /// Duo's Universal Prompt (`duo.prompt: "universal"`), instead of Auth API pushes.
+    pub universal: Option<duo_auth::UniversalClient>,
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
     /// were last read.
     policy: RwLock<Arc<Policy>>,
@@ -88,6 +91,19 @@ impl App {
         }
         let cfg_policy = cfg.policy.clone();
         let embedded = matches!(cfg.cache, crate::config::CacheConfig::Embedded { .. });
+        let universal = match &cfg.duo.universal {
+            Some(u) => Some(
+                duo_auth::UniversalClient::new(duo_auth::UniversalConfig {
+                    client_id: u.client_id.clone(),
+                    client_secret: u.client_secret.clone(),
+                    host: cfg.duo.host.clone(),
+                    extra_ca_pem: cfg.duo.ca_pem.clone(),
+                    call_timeout: cfg.duo.call_timeout,
+                })
+                .map_err(|e| format!("config {}: key `duo.client_id`: {e}", cfg.path.display()))?,
+            ),
+            None => None,
+        };
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
         Ok(Box::leak(Box::new(App {
             cfg,
@@ -106,6 +122,7 @@ impl App {
             flows: portal::Flows::default(),
             sign_ins: tokio::sync::Semaphore::new(portal::MAX_SIGN_INS),
             embedded,
+            universal,
             policy: RwLock::new(Arc::new(cfg_policy)),
         })))
     }
@@ -178,13 +195,35 @@ impl App {
             api.nest(base, portal)
                 .route(&format!("{base}/"), get(portal::sign_in_page))
         };
-        app.layer(DefaultBodyLimit::max(MAX_BODY))
+        app.layer(axum::middleware::from_fn(limit_headers))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,
             ))
             .with_state(self)
     }
+}
+
+/// Requests whose headers are larger than [`MAX_HEADERS_BYTES`] get a 431 (hyper's buffer limit
+/// does not catch every one: a request read whole in its first read passes it).
+async fn limit_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_HEADERS_BYTES {
+        return (
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn health(

@@ -51,6 +51,8 @@ enum Status {
     },
     /// Approved: the token is a session now.
     Granted { token: String },
+    /// On to Duo's Universal Prompt at this URL.
+    Prompt { url: String },
     /// Not approved: what to tell the user.
     Failed {
         message: String,
@@ -65,6 +67,7 @@ impl Status {
             Status::Waiting { code: Some(_), .. } => "code",
             Status::Waiting { .. } => "waiting",
             Status::Granted { .. } => "granted",
+            Status::Prompt { .. } => "prompt",
             Status::Failed { .. } => "failed",
         }
     }
@@ -81,7 +84,20 @@ struct Flow {
     /// The token of the current attempt.
     token: String,
     status: Status,
+    /// The Universal Prompt this browser was sent to, until its answer comes back (once).
+    prompt: Option<PromptSent>,
 }
+
+/// What the portal keeps of a browser sent to the Universal Prompt.
+struct PromptSent {
+    state: String,
+    nonce: String,
+    sent: Instant,
+    sent_ms: i64,
+}
+
+/// How long the Universal Prompt may take (Duo's request JWT lives 300 s at most).
+pub const PROMPT_TTL: Duration = Duration::from_secs(300);
 
 /// The sign-ins in progress.
 #[derive(Default)]
@@ -136,6 +152,7 @@ pub fn routes() -> Router<&'static App> {
         .route("/wait", get(wait_page).post(wait_action))
         .route("/api/flow", get(flow_state))
         .route("/logout", get(logout_page).post(logout))
+        .route("/duo-callback", get(duo_callback))
 }
 
 fn portal(app: &App) -> &Portal {
@@ -451,6 +468,7 @@ pub async fn sign_in(
             call: false,
             code: None,
         },
+        prompt: None,
     };
     let Ok(permit) = app.sign_ins.try_acquire() else {
         return failure(app, BUSY);
@@ -468,6 +486,19 @@ pub async fn sign_in(
     }
     let (user, from, flow_id) = (f.username.clone(), client.clone(), id.clone());
     let attempt = tokio::spawn(async move {
+        if app.universal.is_some() {
+            // The password here, the second factor at Duo's prompt.
+            let mut d = blocking(move || app.with_gate(|g| g.check_password(&req))).await;
+            d.password_verified = d.granted();
+            if !d.password_verified {
+                app.flows.remove(&flow_id);
+                return Err(log_decision(app, &user, &from, "login", d, started));
+            }
+            let sent = send_to_prompt(app, &flow_id, &user);
+            log_decision(app, &user, &from, "login", d, started);
+            drop(permit);
+            return sent.map_err(|e| Decision::deny(Event::DuoError, e));
+        }
         let d = blocking(move || app.with_gate(|g| g.authenticate(&req))).await;
         // A flow only for a password known to be right: whatever else went wrong before or
         // during its check (a ban, the store) leaves nothing to continue from.
@@ -720,6 +751,20 @@ pub async fn wait_page(State(app): State<&'static App>, headers: HeaderMap) -> R
             p.refresh_noscript = true;
             p
         }
+        Status::Prompt { url } => {
+            // On by a refresh (not a redirect from the form's POST, which the form-action policy
+            // would hold to the portal's own origin).
+            let mut p = Page::new(
+                "Continue to Duo",
+                format!(
+                    "{}<p><a href=\"{}\">Continue to Duo</a></p>",
+                    pages::status("Your password is right. Duo asks for the second factor next."),
+                    esc(url)
+                ),
+            );
+            p.refresh = Some((0, Some(url.clone())));
+            p
+        }
         Status::Failed { message, link: l } => {
             let enroll = l.as_deref().map_or(String::new(), |u| {
                 format!(r#"<p><a href="{}">Enroll in Duo</a></p>"#, esc(u))
@@ -743,6 +788,10 @@ pub async fn wait_page(State(app): State<&'static App>, headers: HeaderMap) -> R
 }
 
 fn actions(app: &App, csrf: &str, waiting: bool) -> String {
+    if app.universal.is_some() {
+        // Duo's prompt offers the factors; here, only a new sign-in.
+        return format!(r#"<p><a href="{}">Start over</a></p>"#, esc(&link(app, "")));
+    }
     let action = esc(&link(app, "wait"));
     let csrf = esc(csrf);
     let again = if waiting {
@@ -796,6 +845,10 @@ pub async fn wait_action(
         )
         .status(StatusCode::FORBIDDEN)
         .into_response();
+    }
+    if app.universal.is_some() {
+        // Duo's prompt offers the factors: nothing to start from here.
+        return see_other(&link(app, ""));
     }
     let requested = match f.action.as_str() {
         "push" => Ok(Requested::Push),
@@ -1015,4 +1068,148 @@ pub async fn logout(
     );
     p.cookies = cookies;
     p.into_response()
+}
+
+/// The URL Duo sends the browser back to.
+fn callback_url(app: &App) -> String {
+    format!("{}duo-callback", portal(app).url)
+}
+
+/// Send flow `id` (whose password was just checked) to the Universal Prompt: a new state and
+/// nonce, kept in the flow.
+fn send_to_prompt(app: &App, id: &str, user: &str) -> Result<(), String> {
+    let Some(client) = &app.universal else {
+        return Err("no Universal Prompt configured".into());
+    };
+    let state = duo_auth::UniversalClient::generate_state().map_err(|e| e.to_string())?;
+    let nonce = duo_auth::UniversalClient::generate_state().map_err(|e| e.to_string())?;
+    let url = client
+        .authorization_url(user, &state, &callback_url(app), Some(&nonce))
+        .map_err(|e| e.to_string())?;
+    app.flows.with(id, |f| {
+        f.prompt = Some(PromptSent {
+            state,
+            nonce,
+            sent: Instant::now(),
+            sent_ms: app.clock.unix_ms(),
+        });
+        f.status = Status::Prompt { url };
+    });
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    duo_code: String,
+    #[serde(default)]
+    state: String,
+}
+
+/// Duo's Universal Prompt sends the browser back here: accepted only with the `state` this
+/// browser's flow was sent with, once, within [`PROMPT_TTL`]; then the code is exchanged and the
+/// `id_token` validated, and an approval becomes the session as a push's does.
+pub async fn duo_callback(
+    State(app): State<&'static App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let client_ip = super::target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
+    let refuse = |why: &str, message: &str| {
+        let d = Decision::deny(Event::PromptDenied, why.to_string());
+        log_decision(app, "", &client_ip, "login", d, started);
+        Page::new(
+            "Not signed in",
+            format!(
+                "{}<p><a href=\"{}\">Start over</a></p>",
+                pages::error(message),
+                esc(&link(app, ""))
+            ),
+        )
+        .status(StatusCode::BAD_REQUEST)
+        .into_response()
+    };
+    let Some(id) = flow_id(app, &headers) else {
+        return refuse(
+            "Universal Prompt answer without a sign-in in this browser",
+            "This answer from Duo is for a sign-in this browser did not start.",
+        );
+    };
+    // The state must be the flow's; it is taken, so a second use finds nothing.
+    let taken = app.flows.with(&id, |f| {
+        let matches = f.prompt.as_ref().is_some_and(|p| {
+            !q.state.is_empty() && bool::from(p.state.as_bytes().ct_eq(q.state.as_bytes()))
+        });
+        if !matches {
+            return Err("state");
+        }
+        let p = f.prompt.take().ok_or("state")?;
+        if p.sent.elapsed() > PROMPT_TTL {
+            return Err("expired");
+        }
+        Ok((f.user.clone(), f.token.clone(), p))
+    });
+    let (user, token, sent) = match taken {
+        Some(Ok(t)) => t,
+        Some(Err("expired")) => {
+            return refuse(
+                "Universal Prompt answer after its lifetime",
+                "The sign-in at Duo took too long. Start over.",
+            )
+        }
+        _ => {
+            return refuse(
+                "Universal Prompt answer with a state this browser was not sent with, or again",
+                "This answer from Duo is not for the sign-in this browser started, or was used already.",
+            )
+        }
+    };
+    let Ok(permit) = app.sign_ins.try_acquire() else {
+        return failure(app, BUSY);
+    };
+    let (code, from, fid) = (q.duo_code.clone(), client_ip.clone(), id.clone());
+    let callback = callback_url(app);
+    let attempt = tokio::spawn(async move {
+        let d = blocking(move || {
+            let Some(client) = &app.universal else {
+                return Decision::deny(Event::ConfigError, "no Universal Prompt configured");
+            };
+            let deadline = std::time::Instant::now() + app.cfg.duo.call_timeout;
+            let answer = match client.exchange(&code, &user, &callback, Some(&sent.nonce), deadline)
+            {
+                Ok(t) if t.allowed() => Decision::grant(
+                    Event::PromptApproved,
+                    format!("Universal Prompt approved ({})", t.auth_result.status),
+                ),
+                Ok(t) => Decision::deny(
+                    Event::PromptDenied,
+                    format!(
+                        "Universal Prompt denied ({}: {})",
+                        t.auth_result.status, t.auth_result.status_msg
+                    ),
+                ),
+                Err(e) if e.is_unreachable() => {
+                    Decision::deny(Event::DuoUnreachable, format!("Duo token exchange: {e}"))
+                }
+                Err(e) => Decision::deny(Event::PromptDenied, format!("Duo token exchange: {e}")),
+            };
+            let req = Request {
+                user: user.clone(),
+                session: Some(Secret::new(token.clone())),
+                ip: from.clone(),
+                ..Request::default()
+            };
+            let d = app.with_gate(|g| g.second_factor_done(&req, answer, sent.sent_ms));
+            let d = log_decision(app, &user, &from, "login", d, started);
+            finish_attempt(app, &fid, &token, &d);
+            d
+        })
+        .await;
+        drop(permit);
+        d
+    });
+    let _ = attempt.await;
+    see_other(&link(app, "wait"))
 }
