@@ -202,7 +202,10 @@ fn reply(
             b = b.header("remote-groups", v);
         }
     }
-    let body = if head {
+    // No body where nobody reads it: a grant, and everything nginx asks (its subrequests keep
+    // their upstream connection only for a reply without a body).
+    let bodiless = head || status == StatusCode::OK || family == Family::Unauthorized;
+    let body = if bodiless {
         Body::empty()
     } else {
         Body::from(text)

@@ -1,6 +1,6 @@
 //! A real, unprivileged nginx on loopback ports, configured from the SHIPPED `deploy/nginx/`
-//! snippets: check-duo-http.conf and check-duo-protect.conf are included as they are,
-//! check-duo.conf with only the daemon's port changed. Each instance has two servers: the
+//! snippets: check-duo.conf and check-duo-protect.conf are included as they are,
+//! check-duo-http.conf with only the daemon's port changed. Each instance has two servers: the
 //! protected front (the snippets) and, behind it, the "application": a document root plus
 //! `/echo`, which answers with the cookies and the `Remote-User` header it received.
 //! Started as `nginx -p DIR -c nginx.conf -g 'daemon off; error_log stderr;'`.
@@ -16,17 +16,17 @@ use super::replace_once;
 pub const NGINX: &str = "/usr/sbin/nginx";
 pub const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx");
 
-/// The daemon address as shipped.
-const SHIPPED_DAEMON: &str = "http://127.0.0.1:9091/api/authz/auth-request;";
+/// The daemon address as shipped (the upstream in check-duo-http.conf).
+const SHIPPED_DAEMON: &str = "server 127.0.0.1:9091;";
 
-/// deploy/nginx/check-duo.conf with the daemon's port substituted, nothing else.
-pub fn render_check_duo_conf(daemon_port: u16) -> String {
-    let file = format!("{DEPLOY_DIR}/check-duo.conf");
+/// deploy/nginx/check-duo-http.conf with the daemon's port substituted, nothing else.
+pub fn render_check_duo_http_conf(daemon_port: u16) -> String {
+    let file = format!("{DEPLOY_DIR}/check-duo-http.conf");
     let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {file}: {e}"));
     replace_once(
         &text,
         SHIPPED_DAEMON,
-        &format!("http://127.0.0.1:{daemon_port}/api/authz/auth-request;"),
+        &format!("server 127.0.0.1:{daemon_port};"),
         &file,
     )
 }
@@ -43,8 +43,9 @@ pub fn start(dir: &Path, docroot: &Path, daemon_port: u16) -> Server {
         open_to_others(docroot);
         chmod(&dir.join("tmp"), 0o777);
     }
-    let snippet = dir.join("check-duo.conf");
-    fs::write(&snippet, render_check_duo_conf(daemon_port)).expect("write check-duo.conf");
+    let snippet = dir.join("check-duo-http.conf");
+    fs::write(&snippet, render_check_duo_http_conf(daemon_port))
+        .expect("write check-duo-http.conf");
     let conf = dir.join("nginx.conf");
     let log = dir.join("logs/stderr.log");
     start_server("nginx", dir, 2, Some(&log), Duration::from_secs(15), |p| {
@@ -82,10 +83,10 @@ events {{ worker_connections 512; }}
 http {{
   access_log {d}/logs/access.log;
 {temp_paths}  include /etc/nginx/mime.types;
-  include {DEPLOY_DIR}/check-duo-http.conf;
+  include {snippet};
   server {{
     listen 127.0.0.1:{port};
-    include {snippet};
+    include {DEPLOY_DIR}/check-duo.conf;
     location / {{
       include {DEPLOY_DIR}/check-duo-protect.conf;
       proxy_pass http://127.0.0.1:{app_port};
