@@ -13,13 +13,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+/// Labels with static names and values: no allocation on the hot path.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
 
 pub struct Metrics {
     registry: Registry,
-    decisions: Family<Labels, Counter>,
-    duo: Family<Labels, Histogram, fn() -> Histogram>,
-    store: Family<Labels, Histogram, fn() -> Histogram>,
+    decisions: Family<Labels<2>, Counter>,
+    duo: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    store: Family<Labels<1>, Histogram, fn() -> Histogram>,
     pub pending: Gauge,
 }
 
@@ -36,10 +37,11 @@ fn store_buckets() -> Histogram {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("check_duo");
-        let decisions = Family::<Labels, Counter>::default();
-        let duo = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(duo_buckets);
+        let decisions = Family::<Labels<2>, Counter>::default();
+        let duo =
+            Family::<Labels<1>, Histogram, fn() -> Histogram>::new_with_constructor(duo_buckets);
         let store =
-            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(store_buckets);
+            Family::<Labels<1>, Histogram, fn() -> Histogram>::new_with_constructor(store_buckets);
         let pending = Gauge::default();
         registry.register(
             "decisions",
@@ -72,22 +74,19 @@ impl Metrics {
 
     pub fn decision(&self, d: &Decision) {
         self.decisions
-            .get_or_create(&vec![
-                ("event", d.event.as_str().to_string()),
-                ("outcome", d.outcome_str().to_string()),
-            ])
+            .get_or_create(&[("event", d.event.as_str()), ("outcome", d.outcome_str())])
             .inc();
     }
 
     fn duo_call(&self, call: &'static str, took: Duration) {
         self.duo
-            .get_or_create(&vec![("call", call.to_string())])
+            .get_or_create(&[("call", call)])
             .observe(took.as_secs_f64());
     }
 
     fn store_op(&self, op: &'static str, took: Duration) {
         self.store
-            .get_or_create(&vec![("op", op.to_string())])
+            .get_or_create(&[("op", op)])
             .observe(took.as_secs_f64());
     }
 
