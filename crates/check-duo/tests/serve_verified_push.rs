@@ -169,3 +169,85 @@ fn without_verified_push_no_code_is_asked_for() {
     assert!(!jar.get(&s.url("/wait")).body.contains("verification-code"));
     s.stop();
 }
+
+/// In Chromium, as a user: the password on the portal, the code read off the waiting page,
+/// typed on duo-sim's phone page (its code box, as in Duo Mobile), approved; with a wrong code,
+/// the denial's message. Once with JavaScript (the page reloads itself when the code arrives)
+/// and once without (the `<noscript>` refresh; the phone page, a script itself, is then
+/// answered through duo-sim's API with the code read off the portal's page).
+#[test]
+fn in_a_browser_the_code_on_the_page_is_typed_on_the_phone() {
+    use support::webdriver::{Browser, CHROMEDRIVER, CHROMIUM};
+    if !support::tools_present(
+        "verified push in a browser",
+        &[("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, s) = start(dir.path(), true);
+    let page = Duration::from_secs(20);
+    for javascript in [true, false] {
+        for right in [true, false] {
+            let b = if javascript {
+                Browser::start(dir.path())
+            } else {
+                Browser::start_without_javascript(dir.path())
+            };
+            let target = s.url("/api/health");
+            let q = serde_urlencoded::to_string([("rd", target.as_str())]).unwrap();
+            b.goto(&format!("{}?{q}", s.portal()));
+            b.wait_for_path("/", page).unwrap();
+            let user = b.wait_for_element("#username", page);
+            b.send_keys(&user, "vera");
+            let pw = b.find("#password").unwrap();
+            b.send_keys(&pw, PASSWORD);
+            let submit = b.find("button[type=submit]").unwrap();
+            b.click_to_leave(&submit);
+            b.wait_for_element("#verification-code", page);
+            let code = b
+                .execute(
+                    "return document.getElementById('verification-code').textContent;",
+                    &[],
+                )
+                .as_str()
+                .unwrap()
+                .to_string();
+            let push = sim.pushes().into_iter().last().unwrap();
+            assert_eq!(push.verification_code.as_deref(), Some(code.as_str()));
+            let typed = if right {
+                code.clone()
+            } else {
+                format!("9{code}")
+            };
+            if javascript {
+                // The phone page, in another tab: type the code (or a wrong one), approve.
+                let main = b.open_tab();
+                b.goto(&format!("http://{}/", sim.control_addr()));
+                let card = format!("li.push[data-txid=\"{}\"]", push.txid);
+                let input = b.wait_for_element(&format!("{card} input.code"), page);
+                b.send_keys(&input, &typed);
+                let approve = b.find(&format!("{card} button.approve")).unwrap();
+                b.click(&approve);
+                assert!(wait_until(page, || sim.pushes().iter().any(|p| p.txid
+                    == push.txid
+                    && p.state != duo_sim::PushState::Pending)));
+                b.close_tab(&main);
+            } else {
+                // The phone page is itself a script: without JavaScript, its API answers.
+                sim.approve_with_code(&push.txid, &typed);
+            }
+            if right {
+                b.wait_for_path("/api/health", page).unwrap();
+                assert!(b.cookie("check-duo").is_some(), "js {javascript}");
+            } else {
+                b.wait_for("the denial", page, |b| {
+                    b.page_source()
+                        .contains("The push was denied on your phone.")
+                });
+                assert!(b.cookie("check-duo").is_none(), "js {javascript}");
+            }
+        }
+    }
+    s.stop();
+}
