@@ -220,3 +220,40 @@ fn a_replayed_or_foreign_state_is_refused() {
         w.serve.log()
     );
 }
+
+#[test]
+fn config_check_runs_the_universal_prompt_health_check() {
+    if !tools("universal prompt config check") {
+        return;
+    }
+    let w = world();
+    let check = |config: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["config", "check", "-c"])
+            .arg(config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = check(&w.serve.config);
+    assert!(
+        text.contains(
+            "Universal Prompt health check: duo.client_id and duo.client_secret accepted"
+        ),
+        "{text}"
+    );
+    // A wrong secret: the health check says so, naming the keys, never the secret.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&w.serve.config).unwrap()).unwrap();
+    let wrong = "X".repeat(40);
+    cfg["duo"]["client_secret"] = json!(wrong);
+    let bad = w.serve.config.with_file_name("wrong-secret.json");
+    std::fs::write(&bad, cfg.to_string()).unwrap();
+    let text = check(&bad);
+    assert!(
+        text.contains("Universal Prompt health check:")
+            && text.contains("verify duo.client_id and duo.client_secret"),
+        "{text}"
+    );
+    assert!(!text.contains(&wrong), "the secret in the output: {text}");
+}
