@@ -261,3 +261,166 @@ fn a_store_failure_at_the_password_leaves_nothing_to_continue_from() {
     assert_eq!(sim.counters().auth, 0);
     s.stop();
 }
+
+/// One sign-in of `user` (whose pushes duo-sim approves by itself) over HTTP, to its end:
+/// whether it was granted a session. Never panics on a refusal: under faults, refusals are
+/// expected.
+fn sign_in_auto(s: &Serve, user: &str) -> bool {
+    let mut jar = support::serve::Jar::default();
+    let form = jar.get(&s.portal());
+    let Some(csrf) = support::serve::form_value(&form.body, "csrf") else {
+        return false;
+    };
+    let r = jar.post(
+        &s.portal(),
+        &[
+            ("csrf", &csrf),
+            ("username", user),
+            ("password", PASSWORD),
+            ("factor", "push"),
+        ],
+    );
+    if r.status != 303 {
+        return false;
+    }
+    let mut done = false;
+    wait_until(Duration::from_secs(15), || {
+        let page = jar.get(&s.url("/wait"));
+        done = !page.body.contains("Check your phone");
+        done
+    });
+    jar.session().is_some()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sign_ins_and_load_through_a_full_disk_under_the_embedded_store() {
+    use support::faults::{fill_until_enospc, Tmpfs};
+    if !support::tools_present("serve full disk", &[("wrk", WRK)]) {
+        return;
+    }
+    if !support::process::running_as_root() {
+        let msg = "serve full disk: not root, so no tmpfs can be mounted";
+        assert!(std::env::var_os(support::REQUIRE_E2E).is_none(), "{msg}");
+        eprintln!("\n## SKIPPED {msg}\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = Behaviours::default()
+        .with_user("alice", UserBehaviour::push(PushKind::Manual))
+        .with_user(
+            "bob",
+            UserBehaviour {
+                delay_ms: 100,
+                ..UserBehaviour::push(PushKind::Approve)
+            },
+        );
+    let (sim, ca) = start_sim(IKEY, SKEY, b, dir.path());
+    let fs = Tmpfs::mount(&dir.path().join("store"), "512k").unwrap();
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let mut cfg = config(&sim, &ca, json!({"path": fs.dir.join("sessions.db")}));
+    cfg["usernames"] = json!({"alice": hash, "bob": hash});
+    cfg.as_object_mut().unwrap().remove("username");
+    cfg.as_object_mut().unwrap().remove("password");
+    cfg["limits"] = json!({"push_cooldown": 0, "max_pushes": 0});
+    let s = Serve::start(&dir.path().join("serve"), cfg, false);
+    let cookie = sign_in(&s, &sim);
+    let pid = s.pid();
+    let rss_before = rss_kib(pid);
+
+    // wrk asks about the session for 10 s; sign-ins run all along; the disk fills after 3 s
+    // and is emptied again after 6 s; a forged cookie is asked about all along.
+    let url = s.url("/api/authz/ext-authz/private/");
+    let (d, c) = (dir.path().to_path_buf(), cookie.clone());
+    let load = std::thread::spawn(move || {
+        let headers = [
+            format!("Cookie: {c}"),
+            format!("Host: {APP}"),
+            "X-Forwarded-Proto: http".into(),
+        ];
+        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+        run_wrk_with(&d, &url, &h, Duration::from_secs(10), 2, 8)
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sign_ins = std::thread::scope(|scope| {
+        let signer = scope.spawn(|| {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = unix_now();
+                let granted = sign_in_auto(&s, "bob");
+                seen.push((started, unix_now(), granted));
+            }
+            seen
+        });
+        let forger = scope.spawn(|| {
+            let mut granted = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if ask(&s, "check-duo=forged-session-token") == 200 {
+                    granted += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            granted
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let (filler, bytes) = fill_until_enospc(&fs.dir);
+        let filled = unix_now();
+        std::thread::sleep(Duration::from_secs(3));
+        std::fs::remove_file(&filler).unwrap();
+        let emptied = unix_now();
+        // Go on until a sign-in after the disk was emptied has ended.
+        assert!(
+            wait_until(Duration::from_secs(20), || sign_in_auto(&s, "bob")),
+            "no sign-in after the disk was emptied"
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = signer.join().unwrap();
+        assert_eq!(forger.join().unwrap(), 0, "a forged cookie was let in");
+        (seen, filled, emptied, bytes)
+    });
+    let run = load.join().unwrap();
+    let (seen, filled, emptied, bytes) = sign_ins;
+
+    // The session kept working (a read); nothing but 200s and 503s.
+    for ((_, status), n) in &run.buckets {
+        assert!(
+            matches!(status, 200 | 503),
+            "{n} answers {status}:\n{}",
+            run.stdout
+        );
+    }
+    // Every sign-in that ran entirely while the disk was full was refused; one after, granted.
+    let during: Vec<_> = seen
+        .iter()
+        .filter(|(a, b, _)| *a > filled && *b < emptied)
+        .collect();
+    assert!(
+        during.iter().all(|(_, _, granted)| !granted),
+        "granted on a full disk: {during:?}"
+    );
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+    eprintln!(
+        "serve through a full disk ({bytes} bytes written until ENOSPC): wrk {} answers ({} 503), \
+         p99 {:.1} ms; {} sign-ins, {} entirely while full (all refused); RSS {rss_before} -> {rss_after} KiB",
+        run.requests,
+        run.total(503),
+        run.p99_ms,
+        seen.len(),
+        during.len()
+    );
+    drop(s);
+    drop(fs);
+}

@@ -120,6 +120,11 @@ impl Serve {
         self.server.url(path)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.guard.id()
+    }
+
     pub fn portal(&self) -> String {
         portal_url(self.port)
     }
