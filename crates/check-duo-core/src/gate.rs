@@ -238,14 +238,8 @@ impl<'a> Gate<'a> {
     /// bound to the password (the tag of such a session holds none). May answer
     /// [`Outcome::Pending`].
     pub fn second_factor_only(&self, req: &Request, requested: Requested) -> Decision {
-        if self.policy.session.bound_to_password {
-            return Decision::deny(
-                Event::ConfigError,
-                "a second factor without the password, where sessions are bound to it",
-            );
-        }
-        if !self.policy.users.contains_key(&req.user) {
-            return Decision::deny(Event::UnknownUser, "unknown user");
+        if let Some(d) = self.refuse_without_password(req) {
+            return d;
         }
         let mut d = self.after_password(&self.subject(req), requested);
         d.password_verified = true;
@@ -258,14 +252,8 @@ impl<'a> Gate<'a> {
     /// `started_ms` (when the front-end sent the user to the prompt). Only where sessions are
     /// not bound to the password.
     pub fn second_factor_done(&self, req: &Request, d: Decision, started_ms: i64) -> Decision {
-        if self.policy.session.bound_to_password {
-            return Decision::deny(
-                Event::ConfigError,
-                "a second factor without the password, where sessions are bound to it",
-            );
-        }
-        if !self.policy.users.contains_key(&req.user) {
-            return Decision::deny(Event::UnknownUser, "unknown user");
+        if let Some(d) = self.refuse_without_password(req) {
+            return d;
         }
         let s = self.subject(req);
         let id = s.session.clone().unwrap_or_default();
@@ -278,6 +266,20 @@ impl<'a> Gate<'a> {
             started_ms,
         };
         self.finish_factor(&s, &id, d, &own)
+    }
+
+    /// Why a second factor without the password may not be started or recorded here, if not.
+    fn refuse_without_password(&self, req: &Request) -> Option<Decision> {
+        if self.policy.session.bound_to_password {
+            return Some(Decision::deny(
+                Event::ConfigError,
+                "a second factor without the password, where sessions are bound to it",
+            ));
+        }
+        if !self.policy.users.contains_key(&req.user) {
+            return Some(Decision::deny(Event::UnknownUser, "unknown user"));
+        }
+        None
     }
 
     fn after_password(&self, s: &Subject<'_>, requested: Requested) -> Decision {

@@ -65,17 +65,8 @@ fn ask(s: &Serve, cookie: &str) -> u16 {
 }
 
 fn sign_in(s: &Serve, sim: &SimHandle) -> String {
-    let r = http(
-        "GET",
-        &s.url("/api/authz/auth-request"),
-        &[
-            ("X-Original-URL", &format!("http://{APP}/private/")),
-            ("X-Original-Method", "GET"),
-        ],
-        None,
-    );
-    assert_eq!(r.status, 401);
-    let jar = sign_in_over_http(r.header("location").unwrap(), "alice", PASSWORD, sim);
+    let sign_in_url = s.sign_in_url(&format!("http://{APP}/private/"));
+    let jar = sign_in_over_http(&sign_in_url, "alice", PASSWORD, sim);
     jar.session_cookie().unwrap()
 }
 
@@ -93,17 +84,7 @@ fn redis_killed_under_load_denies_then_serves_the_same_session_again() {
     let calls = sim.counters().duo_calls();
 
     // wrk asks about the session for 12 s; Redis is killed after 3 s and started again after 7.
-    let url = s.url("/api/authz/ext-authz/private/");
-    let (d, c) = (dir.path().to_path_buf(), cookie.clone());
-    let load = std::thread::spawn(move || {
-        let headers = [
-            format!("Cookie: {c}"),
-            format!("Host: {APP}"),
-            "X-Forwarded-Proto: http".to_string(),
-        ];
-        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
-        run_wrk_with(&d, &url, &h, Duration::from_secs(12), 2, 8)
-    });
+    let load = load_on(&s, dir.path(), &cookie, Duration::from_secs(12));
     std::thread::sleep(Duration::from_secs(3));
     redis.kill();
     let killed = unix_now();
@@ -262,6 +243,26 @@ fn a_store_failure_at_the_password_leaves_nothing_to_continue_from() {
     s.stop();
 }
 
+/// wrk at the ext-authz endpoint with `cookie`, as Envoy asks, for `secs`, on a thread.
+fn load_on(
+    s: &Serve,
+    dir: &std::path::Path,
+    cookie: &str,
+    secs: Duration,
+) -> std::thread::JoinHandle<support::faults::WrkRun> {
+    let url = s.url("/api/authz/ext-authz/private/");
+    let dir = dir.to_path_buf();
+    let headers = [
+        format!("Cookie: {cookie}"),
+        format!("Host: {APP}"),
+        "X-Forwarded-Proto: http".to_string(),
+    ];
+    std::thread::spawn(move || {
+        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+        run_wrk_with(&dir, &url, &h, secs, 2, 8)
+    })
+}
+
 /// One sign-in of `user` (whose pushes duo-sim approves by itself) over HTTP, to its end:
 /// whether it was granted a session. Never panics on a refusal: under faults, refusals are
 /// expected.
@@ -338,17 +339,7 @@ fn sign_ins_and_load_through_a_full_disk_under_the_embedded_store() {
 
     // wrk asks about the session for 10 s; sign-ins run all along; the disk fills after 3 s
     // and is emptied again after 6 s; a forged cookie is asked about all along.
-    let url = s.url("/api/authz/ext-authz/private/");
-    let (d, c) = (dir.path().to_path_buf(), cookie.clone());
-    let load = std::thread::spawn(move || {
-        let headers = [
-            format!("Cookie: {c}"),
-            format!("Host: {APP}"),
-            "X-Forwarded-Proto: http".into(),
-        ];
-        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
-        run_wrk_with(&d, &url, &h, Duration::from_secs(10), 2, 8)
-    });
+    let load = load_on(&s, dir.path(), &cookie, Duration::from_secs(10));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sign_ins = std::thread::scope(|scope| {
         let signer = scope.spawn(|| {

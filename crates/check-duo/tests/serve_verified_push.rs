@@ -12,7 +12,7 @@ use duo_sim::{Behaviours, PushKind, UserBehaviour};
 use serde_json::json;
 
 use support::process::wait_until;
-use support::serve::{form_value, http, Jar, Serve};
+use support::serve::{form_value, Jar, Serve};
 use support::world::start_sim;
 
 const IKEY: &str = "DIVERIFIEDPUSHXXXXXX";
@@ -44,17 +44,9 @@ fn start(dir: &std::path::Path, verified: bool) -> (duo_sim::SimHandle, Serve) {
 
 /// Sign in up to the waiting page; the jar and the waiting page once the code is on it.
 fn until_the_code(s: &Serve) -> (Jar, String) {
-    let r = http(
-        "GET",
-        &s.url("/api/authz/auth-request"),
-        &[
-            ("X-Original-URL", &format!("http://{APP}/private/")),
-            ("X-Original-Method", "GET"),
-        ],
-        None,
-    );
+    let sign_in_url = s.sign_in_url(&format!("http://{APP}/private/"));
     let mut jar = Jar::default();
-    let form = jar.get(r.header("location").unwrap());
+    let form = jar.get(&sign_in_url);
     let csrf = form_value(&form.body, "csrf").unwrap();
     let rd = form_value(&form.body, "rd").unwrap();
     let r = jar.post(
@@ -142,17 +134,9 @@ fn the_waiting_page_shows_the_code_and_only_that_code_approves() {
 fn without_verified_push_no_code_is_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, s) = start(dir.path(), false);
-    let r = http(
-        "GET",
-        &s.url("/api/authz/auth-request"),
-        &[
-            ("X-Original-URL", &format!("http://{APP}/private/")),
-            ("X-Original-Method", "GET"),
-        ],
-        None,
-    );
+    let sign_in_url = s.sign_in_url(&format!("http://{APP}/private/"));
     let mut jar = Jar::default();
-    let form = jar.get(r.header("location").unwrap());
+    let form = jar.get(&sign_in_url);
     let csrf = form_value(&form.body, "csrf").unwrap();
     jar.post(
         &s.portal(),

@@ -120,6 +120,19 @@ impl Serve {
         self.server.url(path)
     }
 
+    /// Where the daemon sends a browser that is not signed in for `target` (what nginx asks:
+    /// its 401's `Location`, the portal's sign-in URL).
+    pub fn sign_in_url(&self, target: &str) -> String {
+        let r = http(
+            "GET",
+            &self.url("/api/authz/auth-request"),
+            &[("X-Original-URL", target), ("X-Original-Method", "GET")],
+            None,
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+        r.header("location").expect("a Location").to_string()
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.server.guard.id()
