@@ -87,7 +87,6 @@ struct Subject<'r> {
     client: Option<String>,
     /// The password as far as sessions are bound to it ("" when they are not).
     password: &'r str,
-    tag: String,
 }
 
 impl<'a> Gate<'a> {
@@ -100,11 +99,6 @@ impl<'a> Gate<'a> {
     }
 
     fn subject<'r>(&self, req: &'r Request) -> Subject<'r> {
-        let fingerprint = self
-            .policy
-            .users
-            .get(&req.user)
-            .map_or("", Credential::fingerprint);
         let password = match &req.password {
             Some(p) if self.policy.session.bound_to_password => p.expose(),
             _ => "",
@@ -117,7 +111,6 @@ impl<'a> Gate<'a> {
                 .map(|t| self.policy.keys.session_id(t.expose())),
             client: req.client_key(self.policy.limits.ipv6_prefix),
             password,
-            tag: self.policy.keys.tag(&req.user, password, fingerprint),
         }
     }
 
@@ -144,7 +137,9 @@ impl<'a> Gate<'a> {
         let now = self.clock.unix();
         // The current key's id first; older keys' ids only when it is not found.
         let mut found = None;
-        for (older, key) in self.policy.keys.session_ids(token.expose()).enumerate() {
+        let ids = std::iter::once(id.to_string())
+            .chain(self.policy.keys.older_session_ids(token.expose()));
+        for (older, key) in ids.enumerate() {
             match self.approved(&key, &req.user, s.password, now) {
                 Ok(Some(entry)) => {
                     found = Some((older > 0, key, entry));
@@ -262,7 +257,7 @@ impl<'a> Gate<'a> {
             call: false,
             session_lock: None,
             user_lock: None,
-            tag: s.tag.clone(),
+            tag: self.tag_for(&s.req.user, s.password),
             started_ms,
         };
         self.finish_factor(&s, &id, d, &own)
@@ -399,7 +394,7 @@ impl<'a> Gate<'a> {
         let now = self.clock.unix();
         let at = u64::try_from(self.clock.unix_ms()).unwrap_or(0);
         let older: Vec<String> = match &req.session {
-            Some(t) => self.policy.keys.session_ids(t.expose()).skip(1).collect(),
+            Some(t) => self.policy.keys.older_session_ids(t.expose()).collect(),
             None => Vec::new(),
         };
         let d = match self
@@ -502,7 +497,7 @@ impl<'a> Gate<'a> {
             call: false,
             session_lock,
             user_lock: None,
-            tag: s.tag.clone(),
+            tag: self.tag_for(&s.req.user, s.password),
             started_ms: self.clock.unix_ms(),
         };
         if matches!(requested, Requested::Passcode(_) | Requested::Sms) && !id.is_empty() {

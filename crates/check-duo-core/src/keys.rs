@@ -181,12 +181,13 @@ impl SessionKeys {
         hex::encode(mac(self.primary(), &[b"id", token.as_bytes()]))
     }
 
-    /// The store keys a token may have been filed under: the current key's first, then those of
-    /// the older keys.
-    pub fn session_ids(&self, token: &str) -> impl Iterator<Item = String> + '_ {
+    /// The store keys a token may have been filed under besides [`SessionKeys::session_id`]:
+    /// those of the older keys, in order.
+    pub fn older_session_ids(&self, token: &str) -> impl Iterator<Item = String> + '_ {
         let token = token.to_string();
         self.keys
             .iter()
+            .skip(1)
             .map(move |k| hex::encode(mac(&k[..], &[b"id", token.as_bytes()])))
     }
 
