@@ -165,30 +165,26 @@ fn link(app: &App, page: &str) -> String {
 
 /// The CSRF token of this browser, and the cookie to set when it is new.
 fn csrf(app: &App, headers: &HeaderMap) -> Result<(String, Option<String>), String> {
-    let secure = !portal(app).insecure_loopback();
-    let name = CookieStyle {
-        secure,
-        domain: None,
-    }
-    .name(session::CSRF);
-    if let Some(t) = session::cookie(headers, &name) {
+    if let Some(t) = csrf_cookie(app, headers) {
         if t.expose().len() == 43 {
             return Ok((t.expose().to_string(), None));
         }
     }
     let t = session::new_token()?;
-    let c = CookieStyle::set_csrf(&t, secure);
+    let c = CookieStyle::new(portal(app), None).set_csrf(&t);
     Ok((t, Some(c)))
 }
 
+/// The browser's CSRF cookie (host-only on the portal).
+fn csrf_cookie(app: &App, headers: &HeaderMap) -> Option<Secret> {
+    session::cookie(
+        headers,
+        &CookieStyle::new(portal(app), None).name(session::CSRF),
+    )
+}
+
 fn csrf_ok(app: &App, headers: &HeaderMap, sent: &str) -> bool {
-    let secure = !portal(app).insecure_loopback();
-    let name = CookieStyle {
-        secure,
-        domain: None,
-    }
-    .name(session::CSRF);
-    session::cookie(headers, &name).is_some_and(|t| {
+    csrf_cookie(app, headers).is_some_and(|t| {
         !sent.is_empty() && bool::from(t.expose().as_bytes().ct_eq(sent.as_bytes()))
     })
 }
@@ -202,15 +198,11 @@ fn flow_id(app: &App, headers: &HeaderMap) -> Option<String> {
 }
 
 fn flow_cookie(app: &App, id: &str) -> String {
-    CookieStyle::new(portal(app), None)
-        .set_session(id)
-        .replacen(session::NAME, FLOW, 1)
+    CookieStyle::new(portal(app), None).set(FLOW, id)
 }
 
 fn clear_flow_cookie(app: &App) -> String {
-    CookieStyle::new(portal(app), None)
-        .clear_session()
-        .replacen(session::NAME, FLOW, 1)
+    CookieStyle::new(portal(app), None).clear(FLOW)
 }
 
 fn failure(_app: &App, why: &str) -> Response {

@@ -61,23 +61,28 @@ impl<'a> CookieStyle<'a> {
         a
     }
 
-    /// `Set-Cookie` for the session (a browser-session cookie; the store decides how long it is
-    /// good).
+    /// `Set-Cookie` for cookie `base` (a browser-session cookie, `SameSite=Lax`).
+    pub fn set(&self, base: &str, value: &str) -> String {
+        format!("{}={value}{}", self.name(base), self.attributes("Lax"))
+    }
+
+    /// `Set-Cookie` that removes cookie `base`.
+    pub fn clear(&self, base: &str) -> String {
+        format!("{}={}; Max-Age=0", self.name(base), self.attributes("Lax"))
+    }
+
+    /// `Set-Cookie` for the session (the store decides how long it is good).
     pub fn set_session(&self, token: &str) -> String {
-        format!("{}={token}{}", self.name(NAME), self.attributes("Lax"))
+        self.set(NAME, token)
     }
 
     pub fn clear_session(&self) -> String {
-        format!("{}={}; Max-Age=0", self.name(NAME), self.attributes("Lax"))
+        self.clear(NAME)
     }
 
-    /// `Set-Cookie` for the CSRF token (host-only on the portal, `Strict`).
-    pub fn set_csrf(token: &str, secure: bool) -> String {
-        let style = CookieStyle {
-            secure,
-            domain: None,
-        };
-        format!("{}={token}{}", style.name(CSRF), style.attributes("Strict"))
+    /// `Set-Cookie` for the CSRF token (`Strict`; the portal uses a host-only style for it).
+    pub fn set_csrf(&self, token: &str) -> String {
+        format!("{}={token}{}", self.name(CSRF), self.attributes("Strict"))
     }
 }
 
