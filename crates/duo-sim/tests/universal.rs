@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -43,21 +42,7 @@ fn uclient(sim: &SimHandle, secret: &str) -> UniversalClient {
 
 /// A browser that does not follow redirects and trusts the simulator's CA.
 fn browser(sim: &SimHandle) -> ureq::Agent {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut sim.ca_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(tls))
-        .redirects(0)
-        .timeout(Duration::from_secs(10))
-        .build()
+    agent_builder(sim).redirects(0).build()
 }
 
 struct Page {

@@ -57,6 +57,11 @@ pub fn now_unix() -> i64 {
 
 /// A ureq agent trusting only the simulator's CA.
 pub fn agent(sim: &SimHandle) -> ureq::Agent {
+    agent_builder(sim).build()
+}
+
+/// [`agent`]'s builder, for agents that differ in more (redirects).
+pub fn agent_builder(sim: &SimHandle) -> ureq::AgentBuilder {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut sim.ca_pem().as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -70,7 +75,6 @@ pub fn agent(sim: &SimHandle) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .tls_config(Arc::new(tls))
         .timeout(Duration::from_secs(10))
-        .build()
 }
 
 /// A plain agent for the control listener.
