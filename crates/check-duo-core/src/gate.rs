@@ -685,6 +685,7 @@ impl<'a> Gate<'a> {
             tag: tag.to_string(),
             ip: s.req.ip.clone(),
             last_seen: now,
+            factor: factor_used(&d, own).to_string(),
         };
         let ttl = self.entry_ttl(&entry, now);
         match self.store.put(id, &entry, ttl, now) {
@@ -859,6 +860,21 @@ impl<'a> Gate<'a> {
         let ttl = self.entry_ttl(&entry, now);
         // A failed refresh only shortens the session: not worth a deny.
         let _ = self.store.put(id, &entry, ttl, now);
+    }
+}
+
+/// The second factor a granted decision was made with, as a session records it: `push`,
+/// `phone` (a call), `passcode` (Duo's), `totp` (the local code), `prompt` (Duo's Universal
+/// Prompt) or `preauth_allow` (Duo's policy let the user in without one).
+pub fn factor_used(d: &Decision, own: &OwnPush) -> &'static str {
+    match d.event {
+        Event::PushApproved if own.call => "phone",
+        Event::PushApproved | Event::ConcurrentApproval => "push",
+        Event::PasscodeApproved => "passcode",
+        Event::TotpApproved => "totp",
+        Event::PromptApproved => "prompt",
+        Event::PreauthAllow => "preauth_allow",
+        _ => "",
     }
 }
 

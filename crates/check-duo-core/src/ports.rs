@@ -23,6 +23,10 @@ pub struct Entry {
     /// Unix seconds of the last request that refreshed the entry (idle timeout).
     #[serde(default)]
     pub last_seen: i64,
+    /// The second factor it was approved with (see [`crate::gate::factor_used`]); empty in
+    /// entries older than the field.
+    #[serde(default)]
+    pub factor: String,
 }
 
 /// A session as the admin commands show it: never its key (a keyed hash of the cookie, but
@@ -34,6 +38,8 @@ pub struct SessionInfo {
     pub ip: String,
     /// Unix seconds of the approval.
     pub approved_at: i64,
+    /// The second factor it was approved with (empty: not recorded).
+    pub factor: String,
     /// Unix seconds when the store drops it (`i64::MAX`: no expiry set).
     pub expires_at: i64,
 }
@@ -75,6 +81,12 @@ impl std::error::Error for StoreError {}
 /// is Unix seconds.
 pub trait Store: Send + Sync {
     fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError>;
+    /// Several entries at once, one answer per key in order: a long-running front-end reads
+    /// the sessions of many requests in one round trip. One [`Store::get`] after the other
+    /// unless the store does better.
+    fn get_many(&self, keys: &[String], now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
+        keys.iter().map(|k| self.get(k, now)).collect()
+    }
     /// Write atomically with its time to live.
     fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError>;
     /// Remove one session; true if it existed.

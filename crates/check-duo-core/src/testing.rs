@@ -167,6 +167,7 @@ impl Store for MemoryStore {
                 user: e.user.clone(),
                 ip: e.ip.clone(),
                 approved_at: e.approved_at,
+                factor: e.factor.clone(),
                 expires_at: *exp,
             })
             .collect();

@@ -25,8 +25,10 @@
 //! serves the process's reads too.
 //!
 //! **The schema** (tables, expiry indexes) is created by the first write of a process when the
-//! file's `user_version` says it is missing (`IF NOT EXISTS`, so older files gain the indexes);
-//! a file without tables reads as empty.
+//! file's `user_version` says it is missing (`IF NOT EXISTS`, so older files gain the indexes,
+//! and version 1 files the `factor` column); a file without tables reads as empty. Until then a
+//! version 1 file is read as it is (no factor recorded), without a write; version 1 binaries
+//! read and write version 2 files too (the column has a default).
 //!
 //! **Expired rows** are swept inside a write, at most once per [`SWEEP_EVERY`] seconds for the
 //! whole store (the time of the last sweep is kept in the file), through an index on
@@ -63,8 +65,8 @@ enum Inner {
 
 const BACKEND: &str = "embedded store";
 
-/// What [`setup`] puts in place; kept in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// What [`setup`] puts in place; kept in the file's `user_version`. 2: `sessions.factor`.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Seconds between two sweeps of expired rows.
 pub const SWEEP_EVERY: i64 = 60;
@@ -75,7 +77,7 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS sessions (
         key TEXT PRIMARY KEY, user TEXT NOT NULL, approved_at INTEGER NOT NULL,
         tag TEXT NOT NULL, ip TEXT NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0,
-        expires_at INTEGER NOT NULL);
+        expires_at INTEGER NOT NULL, factor TEXT NOT NULL DEFAULT '');
     CREATE TABLE IF NOT EXISTS locks (
         key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS counters (
@@ -237,6 +239,22 @@ fn needs_read_write(e: &rusqlite::Error) -> bool {
         if matches!(f.code, ErrorCode::ReadOnly | ErrorCode::CannotOpen))
 }
 
+/// The warm path's read, and the same for a version 1 file.
+const GET: &str = "SELECT user, approved_at, tag, ip, last_seen, factor FROM sessions
+    WHERE key = ?1 AND expires_at > ?2";
+const GET_V1: &str = "SELECT user, approved_at, tag, ip, last_seen, '' FROM sessions
+    WHERE key = ?1 AND expires_at > ?2";
+
+/// A file of schema version 1, which has no `sessions.factor` yet (no write has set it up).
+fn without_factor(e: &rusqlite::Error) -> bool {
+    let msg = match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg,
+        rusqlite::Error::SqlInputError { msg, .. } => msg,
+        _ => return false,
+    };
+    msg.starts_with("no such column: factor")
+}
+
 /// The WAL mode, the schema and this connection's write settings; the first write of a
 /// process (and [`EmbeddedStore::init`]) runs it.
 fn setup(conn: &mut Connection, timeout: Duration) -> Result<(), StoreError> {
@@ -250,6 +268,19 @@ fn setup(conn: &mut Connection, timeout: Duration) -> Result<(), StoreError> {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("schema"))?;
         tx.execute_batch(SCHEMA).map_err(err("schema"))?;
+        // A version 1 table (`CREATE TABLE IF NOT EXISTS` left it as it was).
+        let has_factor: bool = tx
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('sessions') WHERE name = 'factor'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(err("schema"))?;
+        if !has_factor {
+            tx.execute_batch("ALTER TABLE sessions ADD COLUMN factor TEXT NOT NULL DEFAULT ''")
+                .map_err(err("schema"))?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("schema"))?;
         tx.commit().map_err(err("schema"))?;
@@ -332,20 +363,24 @@ impl Store for EmbeddedStore {
         self.read("read", None, |c| {
             // Cached: a long-running process reads sessions all day, and parsing the statement
             // costs as much as running it.
-            c.prepare_cached(
-                "SELECT user, approved_at, tag, ip, last_seen FROM sessions
-                 WHERE key = ?1 AND expires_at > ?2",
-            )?
-            .query_row(params![key, now], |r| {
-                Ok(Entry {
-                    user: r.get(0)?,
-                    approved_at: r.get(1)?,
-                    tag: r.get(2)?,
-                    ip: r.get(3)?,
-                    last_seen: r.get(4)?,
-                })
-            })
-            .optional()
+            let query = |sql: &str| {
+                c.prepare_cached(sql)?
+                    .query_row(params![key, now], |r| {
+                        Ok(Entry {
+                            user: r.get(0)?,
+                            approved_at: r.get(1)?,
+                            tag: r.get(2)?,
+                            ip: r.get(3)?,
+                            last_seen: r.get(4)?,
+                            factor: r.get(5)?,
+                        })
+                    })
+                    .optional()
+            };
+            match query(GET) {
+                Err(e) if without_factor(&e) => query(GET_V1),
+                r => r,
+            }
         })
     }
 
@@ -353,8 +388,8 @@ impl Store for EmbeddedStore {
         self.write("write", Some(now), |tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO sessions
-                     (key, user, approved_at, tag, ip, last_seen, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (key, user, approved_at, tag, ip, last_seen, expires_at, factor)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     key,
                     e.user,
@@ -362,7 +397,8 @@ impl Store for EmbeddedStore {
                     e.tag,
                     e.ip,
                     e.last_seen,
-                    now.saturating_add(ttl_secs(ttl))
+                    now.saturating_add(ttl_secs(ttl)),
+                    e.factor
                 ],
             )
             .map(drop)
@@ -378,16 +414,23 @@ impl Store for EmbeddedStore {
 
     fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
         self.read("list", Vec::new(), |c| {
-            let mut stmt = c.prepare(
-                "SELECT user, ip, approved_at, expires_at FROM sessions WHERE expires_at > ?1
-                 ORDER BY user, approved_at",
-            )?;
+            let select = |factor: &str| {
+                c.prepare(&format!(
+                    "SELECT user, ip, approved_at, expires_at, {factor} FROM sessions
+                     WHERE expires_at > ?1 ORDER BY user, approved_at"
+                ))
+            };
+            let mut stmt = match select("factor") {
+                Err(e) if without_factor(&e) => select("''")?,
+                r => r?,
+            };
             let rows = stmt.query_map(params![now], |r| {
                 Ok(SessionInfo {
                     user: r.get(0)?,
                     ip: r.get(1)?,
                     approved_at: r.get(2)?,
                     expires_at: r.get(3)?,
+                    factor: r.get(4)?,
                 })
             })?;
             rows.collect::<Result<Vec<_>, _>>()
@@ -538,6 +581,7 @@ mod tests {
             tag: "tag".into(),
             ip: "192.0.2.1".into(),
             last_seen: at,
+            factor: "push".into(),
         }
     }
 
@@ -646,8 +690,8 @@ mod tests {
         assert_eq!(journal_mode(&path), "wal");
     }
 
-    /// A file of the previous version (rollback journal, no index, no user_version): read as it
-    /// is, without a write; the first write converts it, and its sessions stay.
+    /// A file of the first version (rollback journal, no index, no user_version, no factor):
+    /// read as it is, without a write; the first write converts it, and its sessions stay.
     #[test]
     fn an_older_file_keeps_working_and_gains_wal_and_the_indexes() {
         let dir = tempfile::tempdir().unwrap();
@@ -669,15 +713,22 @@ mod tests {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
         let before = std::fs::read(&path).unwrap();
+        let unrecorded = Entry {
+            factor: String::new(),
+            ..entry("carol", 1000)
+        };
         let s = EmbeddedStore::open(&path, T).unwrap();
-        assert_eq!(s.get("old", 1001).unwrap(), Some(entry("carol", 1000)));
+        assert_eq!(s.get("old", 1001).unwrap(), Some(unrecorded.clone()));
+        assert_eq!(s.list(1001).unwrap()[0].factor, "");
         drop(s);
         assert_eq!(std::fs::read(&path).unwrap(), before, "the warm path wrote");
         assert_eq!(journal_mode(&path), "delete");
 
         let s = EmbeddedStore::open(&path, T).unwrap();
         s.incr("c", HOUR, 1001).unwrap();
-        assert_eq!(s.get("old", 1001).unwrap(), Some(entry("carol", 1000)));
+        assert_eq!(s.get("old", 1001).unwrap(), Some(unrecorded));
+        s.put("new", &entry("dave", 1001), HOUR, 1001).unwrap();
+        assert_eq!(s.get("new", 1001).unwrap(), Some(entry("dave", 1001)));
         drop(s);
         assert_eq!(journal_mode(&path), "wal");
         let indexes: i64 = raw(&path)

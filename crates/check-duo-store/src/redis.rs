@@ -187,6 +187,25 @@ impl Store for RedisStore {
         }
     }
 
+    /// One `MGET`.
+    fn get_many(&self, keys: &[String], _now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = keys.iter().map(|k| self.session_key(k)).collect();
+        let vs: Vec<Option<String>> = self.run("MGET", Retry::Always, |c| {
+            redis::cmd("MGET").arg(&ks).query(c)
+        })?;
+        if vs.len() != keys.len() {
+            return Err(StoreError::new("redis", "MGET", "not one value a key"));
+        }
+        // An entry that does not parse is treated as absent, never trusted.
+        Ok(vs
+            .into_iter()
+            .map(|v| v.and_then(|s| serde_json::from_str(&s).ok()))
+            .collect())
+    }
+
     fn put(&self, key: &str, e: &Entry, ttl: Duration, _now: i64) -> Result<(), StoreError> {
         let k = self.session_key(key);
         let v = serde_json::to_string(e).map_err(|e| StoreError::new("redis", "encode", e))?;
@@ -211,6 +230,7 @@ impl Store for RedisStore {
                 user: e.user,
                 ip: e.ip,
                 approved_at: e.approved_at,
+                factor: e.factor,
                 expires_at: if ttl < 0 {
                     i64::MAX
                 } else {

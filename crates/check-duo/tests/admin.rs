@@ -142,6 +142,7 @@ fn store_list_and_revoke(backend: Backend) {
         tag: "t".into(),
         ip: ip.into(),
         last_seen: at,
+        factor: "push".into(),
     };
     let hour = Duration::from_secs(3600);
     s.put(
@@ -263,7 +264,8 @@ fn sessions_commands(backend: Backend) {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["user"], "bob");
     assert_eq!(v["ip"], "192.0.2.7");
-    assert_eq!(v.as_object().unwrap().len(), 4);
+    assert_eq!(v["factor"], "push");
+    assert_eq!(v.as_object().unwrap().len(), 5);
 
     let (code, out, _) = w.admin(&["sessions", "revoke", "--user", "alice"]);
     assert_eq!(code, 0);

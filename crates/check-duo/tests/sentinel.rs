@@ -280,6 +280,7 @@ fn a_demoted_master_is_left_for_the_one_the_sentinels_name() {
         tag: "tag".into(),
         ip: "192.0.2.7".into(),
         last_seen: now,
+        factor: "push".into(),
     };
     store.put("before", &entry("alice"), hour, now).unwrap();
     for n in 1..=3 {

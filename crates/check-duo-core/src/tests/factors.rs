@@ -10,6 +10,7 @@ use duo_auth::Error;
 use super::support::*;
 use crate::decision::Event;
 use crate::policy::Policy;
+use crate::testing::Phone;
 use crate::totp;
 
 #[test]
@@ -280,4 +281,47 @@ fn a_429_while_polling_backs_off_too() {
         w.clock.waited()
     );
     assert_eq!(w.duo.count("status:"), 2);
+}
+
+/// The session records the factor it was approved with (`sessions list` shows it).
+#[test]
+fn each_approval_records_its_factor() {
+    let factors = |w: &World| -> Vec<String> {
+        w.store
+            .sessions()
+            .into_iter()
+            .map(|(_, e)| e.factor)
+            .collect()
+    };
+    let w = World::new();
+    w.duo.phone("alice", Phone::Approve);
+    assert_grant(&w.gate().drive(&alice()), Event::PushApproved);
+    assert_eq!(factors(&w), ["push"]);
+
+    let w = World::new();
+    w.duo.phone("alice", Phone::Approve);
+    let d = w.gate().drive(&req("alice", "pw,phone", Some(COOKIE)));
+    assert_grant(&d, Event::PushApproved);
+    assert_eq!(factors(&w), ["phone"]);
+
+    let w = World::new();
+    w.duo.accept_passcode("123456");
+    let d = w.gate().drive(&req("alice", "pw,123456", Some(COOKIE)));
+    assert_grant(&d, Event::PasscodeApproved);
+    assert_eq!(factors(&w), ["passcode"]);
+
+    let w = totp_world(|_| {});
+    let d = w
+        .gate()
+        .drive(&req("alice", &format!("pw,{}", code(&w, 0)), Some(COOKIE)));
+    assert_grant(&d, Event::TotpApproved);
+    assert_eq!(factors(&w), ["totp"]);
+
+    let w = World::new();
+    let allow = Preauth::Allow {
+        status_msg: "bypass".into(),
+    };
+    w.duo.preauth_answer("alice", allow);
+    assert_grant(&w.gate().drive(&alice()), Event::PreauthAllow);
+    assert_eq!(factors(&w), ["preauth_allow"]);
 }

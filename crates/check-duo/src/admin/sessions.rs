@@ -22,7 +22,7 @@ pub fn render(sessions: &[SessionInfo], json: bool) -> String {
     if json {
         for s in sessions {
             let v = serde_json::json!({
-                "user": s.user, "ip": s.ip,
+                "user": s.user, "ip": s.ip, "factor": s.factor,
                 "approved_at": time(s.approved_at), "expires_at": time(s.expires_at),
             });
             out.push_str(&v.to_string());
@@ -30,7 +30,7 @@ pub fn render(sessions: &[SessionInfo], json: bool) -> String {
         }
         return out;
     }
-    let rows: Vec<[String; 4]> = sessions
+    let rows: Vec<[String; 5]> = sessions
         .iter()
         .map(|s| {
             [
@@ -45,12 +45,17 @@ pub fn render(sessions: &[SessionInfo], json: bool) -> String {
                 } else {
                     s.ip.clone()
                 },
+                if s.factor.is_empty() {
+                    "-".into()
+                } else {
+                    s.factor.clone()
+                },
                 time(s.approved_at),
                 time(s.expires_at),
             ]
         })
         .collect();
-    let head = ["USER", "IP", "APPROVED AT", "EXPIRES AT"].map(String::from);
+    let head = ["USER", "IP", "FACTOR", "APPROVED AT", "EXPIRES AT"].map(String::from);
     let mut width = head.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {
@@ -59,14 +64,16 @@ pub fn render(sessions: &[SessionInfo], json: bool) -> String {
     }
     for r in std::iter::once(&head).chain(&rows) {
         let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
             r[0],
             r[1],
             r[2],
             r[3],
+            r[4],
             w0 = width[0],
             w1 = width[1],
-            w2 = width[2]
+            w2 = width[2],
+            w3 = width[3]
         );
         out.push_str(line.trim_end());
         out.push('\n');
@@ -137,20 +144,23 @@ mod tests {
             user: "joe".into(),
             ip: "192.0.2.7".into(),
             approved_at: 0,
+            factor: "push".into(),
             expires_at: 14_400,
         }];
         let t = render(&s, false);
         assert_eq!(
             t,
-            "USER  IP         APPROVED AT           EXPIRES AT\n\
-             joe   192.0.2.7  1970-01-01T00:00:00Z  1970-01-01T04:00:00Z\n"
+            "USER  IP         FACTOR  APPROVED AT           EXPIRES AT\n\
+             joe   192.0.2.7  push    1970-01-01T00:00:00Z  1970-01-01T04:00:00Z\n"
         );
         let j = render(&s, true);
         assert!(j.contains("\"expires_at\":\"1970-01-01T04:00:00Z\""), "{j}");
+        assert!(j.contains("\"factor\":\"push\""), "{j}");
         let odd = vec![SessionInfo {
             user: "eve\nroot".into(),
             ip: String::new(),
             approved_at: 0,
+            factor: String::new(),
             expires_at: i64::MAX,
         }];
         let t = render(&odd, false);

@@ -9,8 +9,10 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use check_duo_core::finish::About;
+use check_duo_core::ports::Store;
 use check_duo_core::{Decision, Event, Request};
 
+use super::readahead::Prefetched;
 use super::rules::{Policy, Verdict, Who};
 use super::session::{self, CookieStyle};
 use super::target::{self, BadHeader, Target};
@@ -31,10 +33,56 @@ pub enum Answer {
     Unavailable,
 }
 
-/// Decide a target for a request with these headers (the cookie) from `client`.
-pub fn decide(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> Answer {
+/// [`decide`], the session read first without holding a runtime thread (see [`super::readahead`];
+/// the embedded store is read in place).
+pub async fn decide_ahead(
+    app: &'static App,
+    t: &Target,
+    headers: &HeaderMap,
+    client: &str,
+) -> Answer {
+    let Some(reads) = app.reads.get() else {
+        return app.lookup(|| decide(app, &app.store, t, headers, client));
+    };
+    let keys = session_ids(app, t, headers);
+    let read = if keys.is_empty() {
+        Ok(Vec::new())
+    } else {
+        reads.get(keys.clone(), app.clock.unix()).await
+    };
+    let store = Prefetched::new(keys, read, &app.store);
+    decide(app, &store, t, headers, client)
+}
+
+/// The store keys the request's session cookie may be filed under (the current secret's first),
+/// if it has one for the target's cookie domain.
+fn session_ids(app: &App, t: &Target, headers: &HeaderMap) -> Vec<String> {
+    let Some((domain, portal)) = app.server.domain_for(&t.host) else {
+        return Vec::new();
+    };
+    let Some(token) = session::cookie(
+        headers,
+        &CookieStyle::new(portal, domain).name(session::NAME),
+    ) else {
+        return Vec::new();
+    };
+    let policy = app.policy();
+    let keys = &policy.keys;
+    std::iter::once(keys.session_id(token.expose()))
+        .chain(keys.older_session_ids(token.expose()))
+        .collect()
+}
+
+/// Decide a target for a request with these headers (the cookie) from `client`, over `store`.
+pub fn decide(
+    app: &App,
+    store: &dyn Store,
+    t: &Target,
+    headers: &HeaderMap,
+    client: &str,
+) -> Answer {
     let started = Instant::now();
-    let (answer, d) = decide_inner(app, t, headers, client);
+    let (answer, d) = decide_inner(app, store, t, headers, client);
     app.metrics.decision(&d);
     // Cached sessions are counted, not logged: one line per protected request would drown the
     // log (the pipe mode logs them because each is a process of its own).
@@ -52,7 +100,13 @@ pub fn decide(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> Answe
     answer
 }
 
-fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (Answer, Decision) {
+fn decide_inner(
+    app: &App,
+    store: &dyn Store,
+    t: &Target,
+    headers: &HeaderMap,
+    client: &str,
+) -> (Answer, Decision) {
     let server = &app.server;
     let Some((domain, portal)) = server.domain_for(&t.host) else {
         let d = Decision::deny(
@@ -85,9 +139,9 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
         if let Some(done) = by_policy(rules.policy(&t.host, &t.canonical, &t.method)) {
             return done;
         }
-        return session(app, t, headers, client, domain, portal);
+        return session(app, store, t, headers, client, domain, portal);
     }
-    let found = session(app, t, headers, client, domain, portal);
+    let found = session(app, store, t, headers, client, domain, portal);
     let who = match &found.0 {
         Answer::Allow(Some(user)) => Some(Who {
             user,
@@ -104,6 +158,7 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
 /// The request's session: a grant, or how to sign in, or unavailable.
 fn session(
     app: &App,
+    store: &dyn Store,
     t: &Target,
     headers: &HeaderMap,
     client: &str,
@@ -130,7 +185,7 @@ fn session(
         uri: t.uri.clone(),
         ..Request::default()
     };
-    match app.with_gate(|g| g.authorize(&req)) {
+    match app.with_gate_on(store, |g| g.authorize(&req)) {
         Some(d) if d.granted() => (Answer::Allow(d.user.clone()), d),
         Some(d) => (Answer::Unavailable, d),
         None => {
@@ -269,7 +324,7 @@ async fn answer(
         }
     };
     let client = target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
-    let a = app.lookup(|| decide(app, &t, &headers, &client));
+    let a = decide_ahead(app, &t, &headers, &client).await;
     let groups = match &a {
         Answer::Allow(Some(u)) => app.groups(u).join(","),
         _ => String::new(),

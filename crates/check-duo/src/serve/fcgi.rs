@@ -71,7 +71,7 @@ pub fn reply(answer: &Answer, groups: &str) -> String {
     }
 }
 
-fn decide(app: &'static App, param: &dyn Fn(&str) -> Option<String>) -> String {
+async fn decide(app: &'static App, param: &(dyn Fn(&str) -> Option<String> + Sync)) -> String {
     let peer = param("REMOTE_ADDR").unwrap_or_default();
     let t = match target_of(param) {
         Ok(t) => t,
@@ -83,7 +83,7 @@ fn decide(app: &'static App, param: &dyn Fn(&str) -> Option<String>) -> String {
     if let Some(c) = param("HTTP_COOKIE").and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert("cookie", c);
     }
-    let answer = authz::decide(app, &t, &h, peer.trim());
+    let answer = authz::decide_ahead(app, &t, &h, peer.trim()).await;
     // A user name that cannot be a CGI header value is no name to grant under.
     let mut groups = String::new();
     if let Answer::Allow(Some(u)) = &answer {
@@ -114,7 +114,7 @@ pub async fn serve(
                     let _ = request
                         .process(|r| async move {
                             let param = |name: &str| r.get_str_param(name).map(str::to_string);
-                            let out = app.lookup(|| decide(app, &param));
+                            let out = decide(app, &param).await;
                             let mut stdout = r.get_stdout();
                             // Headers and body in one write, as Apache reads them.
                             if stdout.write(out.as_bytes()).await.is_err() {

@@ -124,6 +124,9 @@ impl Store for TimedStore<'_> {
     fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
         self.time("get", |s| s.get(key, now))
     }
+    fn get_many(&self, keys: &[String], now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.time("get_many", |s| s.get_many(keys, now))
+    }
     fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError> {
         self.time("put", |s| s.put(key, entry, ttl, now))
     }

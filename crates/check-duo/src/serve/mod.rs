@@ -3,14 +3,17 @@
 //! runs the sign-in on its own pages ([`portal`]): the password, then a push that starts at once
 //! and a waiting page that follows it. The rules are the core's; this module is HTTP around them.
 //!
-//! The core is synchronous: a session lookup runs on the runtime's thread ([`App::lookup`]:
-//! microseconds), password checks and Duo calls on the blocking pool.
+//! The core is synchronous: a session lookup runs on the runtime's thread for the embedded store
+//! ([`App::lookup`]: microseconds); with Redis the authorization endpoints read the session
+//! ahead, batched, on reader threads ([`readahead`]); password checks and Duo calls run on the
+//! blocking pool.
 
 pub mod authz;
 pub mod fcgi;
 pub mod metrics;
 pub mod pages;
 pub mod portal;
+pub mod readahead;
 pub mod rules;
 pub mod session;
 pub mod settings;
@@ -37,6 +40,10 @@ pub use settings::ServerConfig;
 /// is a few microseconds).
 pub const REDIS_CONNECTIONS: usize = 4;
 
+/// Threads reading sessions ahead for the authorization endpoints (Redis; see [`readahead`]):
+/// two, so that one batch is being sent while the other is answered.
+pub const READERS: usize = 2;
+
 /// How long a stop waits for background work (pushes being followed) after the last request.
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -59,6 +66,8 @@ pub struct App {
     pub sign_ins: tokio::sync::Semaphore,
     /// The store is the embedded one (see [`App::lookup`]).
     pub embedded: bool,
+    /// The session reads of the authorization endpoints, for Redis (see [`readahead`]).
+    pub reads: std::sync::OnceLock<readahead::ReadAhead>,
     /// Duo's Universal Prompt (`duo.prompt: "universal"`), instead of Auth API pushes.
     pub universal: Option<duo_auth::UniversalClient>,
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
@@ -105,7 +114,7 @@ impl App {
             None => None,
         };
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-        Ok(Box::leak(Box::new(App {
+        let app: &'static App = Box::leak(Box::new(App {
             cfg,
             server,
             metrics,
@@ -122,9 +131,16 @@ impl App {
             flows: portal::Flows::default(),
             sign_ins: tokio::sync::Semaphore::new(portal::MAX_SIGN_INS),
             embedded,
+            reads: std::sync::OnceLock::new(),
             universal,
             policy: RwLock::new(Arc::new(cfg_policy)),
-        })))
+        }));
+        if !embedded {
+            let reads = readahead::ReadAhead::start(&app.store, READERS)
+                .map_err(|e| format!("session store readers: {e}"))?;
+            let _ = app.reads.set(reads);
+        }
+        Ok(app)
     }
 
     /// The policy now (the htpasswd file's users are read again when it changes).
@@ -134,10 +150,15 @@ impl App {
 
     /// Run `f` with a gate over the policy now.
     pub fn with_gate<T>(&self, f: impl FnOnce(Gate<'_>) -> T) -> T {
+        self.with_gate_on(&self.store, f)
+    }
+
+    /// [`App::with_gate`] over another view of the store (see [`readahead::Prefetched`]).
+    pub fn with_gate_on<T>(&self, store: &dyn Store, f: impl FnOnce(Gate<'_>) -> T) -> T {
         let policy = self.policy();
         f(Gate {
             policy: &policy,
-            store: &self.store,
+            store,
             duo: &self.duo,
             clock: &*self.clock,
             wait: &*self.wait,
