@@ -496,6 +496,42 @@ fn logout_ends_the_session_on_the_server() {
     }
 }
 
+/// With Redis, a session found is used again for `server.session_cache_ms`: a revoke by another
+/// process (here `check-duo sessions revoke`) counts within that time, and at once with 0.
+#[test]
+fn a_revoke_elsewhere_counts_within_the_session_cache() {
+    let name = "a_revoke_elsewhere_counts_within_the_session_cache";
+    if !Backend::Redis.available(name) {
+        return;
+    }
+    for cache_ms in [0, 1000] {
+        let d = Daemon::start(Backend::Redis, |cfg| {
+            cfg["server"]["session_cache_ms"] = json!(cache_ms);
+        });
+        let b = signed_in(&d);
+        let cookie = b.session_cookie().unwrap();
+        assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 200);
+        let revoke = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["sessions", "revoke", "--user", "alice", "-c"])
+            .arg(&d.config)
+            .output()
+            .unwrap();
+        assert!(revoke.status.success(), "{revoke:?}");
+        let revoked = Instant::now();
+        if cache_ms == 0 {
+            assert_eq!(d.auth_request(&format!("{APP}/"), &cookie).status, 401);
+        } else {
+            let ended = support::process::wait_until(Duration::from_secs(10), || {
+                d.auth_request(&format!("{APP}/"), &cookie).status == 401
+            });
+            assert!(ended, "still granted 10 s after the revoke");
+            let took = revoked.elapsed();
+            assert!(took < Duration::from_millis(3000), "ended after {took:?}");
+        }
+        d.stop();
+    }
+}
+
 #[test]
 fn access_rules_bypass_deny_and_no_push_paths() {
     let d = Daemon::start(Backend::Embedded, |cfg| {

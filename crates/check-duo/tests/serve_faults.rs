@@ -31,7 +31,10 @@ fn config(sim: &SimHandle, ca: &std::path::Path, cache: Value) -> Value {
         "duo": {"ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
                 "push_timeout": 10, "call_timeout": 5},
         "cache": cache,
-        "session": {"expiry": 3600}
+        "session": {"expiry": 3600},
+        // Every request reads the store: a session kept for a moment (1 s by default) would
+        // hide the faults these tests make (tests/serve.rs tests that bound).
+        "server": {"session_cache_ms": 0}
     })
 }
 

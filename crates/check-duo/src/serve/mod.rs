@@ -114,6 +114,16 @@ impl App {
             None => None,
         };
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        // Redis: sessions found are used again for a moment, and every write here forgets them.
+        let recent = (!embedded && !server.session_cache.is_zero())
+            .then(|| Arc::new(readahead::Recent::new(server.session_cache)));
+        let store: Box<dyn Store> = match &recent {
+            Some(r) => Box::new(readahead::Forgetting {
+                inner: store,
+                recent: Arc::clone(r),
+            }),
+            None => store,
+        };
         let app: &'static App = Box::leak(Box::new(App {
             cfg,
             server,
@@ -136,7 +146,7 @@ impl App {
             policy: RwLock::new(Arc::new(cfg_policy)),
         }));
         if !embedded {
-            let reads = readahead::ReadAhead::start(&app.store, READERS)
+            let reads = readahead::ReadAhead::start(&app.store, READERS, recent)
                 .map_err(|e| format!("session store readers: {e}"))?;
             let _ = app.reads.set(reads);
         }

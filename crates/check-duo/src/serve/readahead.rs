@@ -5,10 +5,18 @@
 //! moment as one `MGET`, and await the answer; the core then decides over [`Prefetched`],
 //! which answers those reads from memory. Under load the batches grow by themselves: one round
 //! trip serves every request that arrived during the previous one.
+//!
+//! A session found is kept for `server.session_cache_ms` (1 s by default; see [`Recent`]): the
+//! assets of a page ask for the same session within that time, and are answered without Redis.
+//! The core still checks the entry on every request (user, tag, lifetimes); what the cache may
+//! miss for that long is a change made by another process (a logout through another daemon,
+//! `check-duo sessions revoke`). This daemon's own writes forget the entry at once.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use check_duo_core::ports::{Entry, LockToken, SessionInfo, Store, StoreError};
 
@@ -26,14 +34,86 @@ struct Job {
     reply: Reply,
 }
 
+/// Most sessions [`Recent`] holds; past it, those out of date are dropped, then all.
+const RECENT_MAX: usize = 10_000;
+
+/// Sessions found a moment ago, by store key. Every write of this daemon to a key forgets it,
+/// and every forgetting moves the generation on: a read that was under way meanwhile is not
+/// kept (it may have been answered before the write).
+pub struct Recent {
+    ttl: Duration,
+    generation: AtomicU64,
+    map: Mutex<HashMap<String, (Entry, Instant)>>,
+}
+
+impl Recent {
+    pub fn new(ttl: Duration) -> Recent {
+        Recent {
+            ttl,
+            generation: AtomicU64::new(0),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, (Entry, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<Entry> {
+        let map = self.map();
+        let (entry, at) = map.get(key)?;
+        (at.elapsed() < self.ttl).then(|| entry.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Keep `entry`, read since `generation`, unless something was forgotten since.
+    fn keep(&self, generation: u64, key: String, entry: Entry) {
+        let mut map = self.map();
+        if self.generation() != generation {
+            return;
+        }
+        if map.len() >= RECENT_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= RECENT_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (entry, Instant::now()));
+    }
+
+    /// `key` was written: read it from the store next time.
+    pub fn forget(&self, key: &str) {
+        let mut map = self.map();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        map.remove(key);
+    }
+
+    /// Sessions were ended in bulk.
+    pub fn forget_all(&self) {
+        let mut map = self.map();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        map.clear();
+    }
+}
+
 /// The reader threads' queue.
 pub struct ReadAhead {
     tx: SyncSender<Job>,
+    recent: Option<Arc<Recent>>,
 }
 
 impl ReadAhead {
-    /// `threads` readers over `store` (each `MGET` takes one of the store's connections).
-    pub fn start(store: &'static dyn Store, threads: usize) -> std::io::Result<ReadAhead> {
+    /// `threads` readers over `store` (each `MGET` takes one of the store's connections), and
+    /// the sessions kept by `recent`, if any (its owner wraps `store` in a [`Forgetting`]).
+    pub fn start(
+        store: &'static dyn Store,
+        threads: usize,
+        recent: Option<Arc<Recent>>,
+    ) -> std::io::Result<ReadAhead> {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
@@ -42,11 +122,22 @@ impl ReadAhead {
                 .name(format!("check-duo-read-{i}"))
                 .spawn(move || read(store, &rx))?;
         }
-        Ok(ReadAhead { tx })
+        Ok(ReadAhead { tx, recent })
     }
 
     /// The entries of `keys`, in order, read with the others waiting now.
     pub async fn get(&self, keys: Vec<String>, now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
+        // The first key is the current secret's: the one a session in use is filed under.
+        let first = keys.first().cloned();
+        let recent = self.recent.as_deref();
+        if let (Some(recent), Some(k)) = (recent, &first) {
+            if let Some(entry) = recent.get(k) {
+                let mut found = vec![None; keys.len()];
+                found[0] = Some(entry);
+                return Ok(found);
+            }
+        }
+        let generation = recent.map(Recent::generation);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = |why: &str| StoreError::new("redis", "read ahead", why);
         match self.tx.try_send(Job { keys, now, reply }) {
@@ -55,9 +146,15 @@ impl ReadAhead {
             Err(TrySendError::Disconnected(_)) => return Err(unavailable("no reader")),
         }
         // The store's own deadline bounds the wait; a reader gone is an error, never a grant.
-        answer
+        let read = answer
             .await
-            .unwrap_or_else(|_| Err(unavailable("no answer")))
+            .unwrap_or_else(|_| Err(unavailable("no answer")));
+        if let (Some(recent), Some(g), Some(k), Ok(found)) = (recent, generation, first, &read) {
+            if let Some(Some(entry)) = found.first() {
+                recent.keep(g, k, entry.clone());
+            }
+        }
+        read
     }
 }
 
@@ -174,6 +271,77 @@ impl Store for Prefetched<'_> {
     }
 }
 
+/// The store, forgetting in [`Recent`] every session this daemon writes or ends.
+pub struct Forgetting {
+    pub inner: Box<dyn Store>,
+    pub recent: Arc<Recent>,
+}
+
+impl Store for Forgetting {
+    fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key, now)
+    }
+    fn get_many(&self, keys: &[String], now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.inner.get_many(keys, now)
+    }
+    // Forgotten before (no read starts with the old entry kept) and after (none under way
+    // keeps it).
+    fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError> {
+        self.recent.forget(key);
+        let r = self.inner.put(key, entry, ttl, now);
+        self.recent.forget(key);
+        r
+    }
+    fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.recent.forget(key);
+        let r = self.inner.delete(key);
+        self.recent.forget(key);
+        r
+    }
+    fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
+        self.inner.list(now)
+    }
+    fn revoke_user(&self, user: &str, now: i64) -> Result<u64, StoreError> {
+        let r = self.inner.revoke_user(user, now);
+        self.recent.forget_all();
+        r
+    }
+    fn revoke_all(&self, now: i64) -> Result<u64, StoreError> {
+        let r = self.inner.revoke_all(now);
+        self.recent.forget_all();
+        r
+    }
+    fn try_lock(
+        &self,
+        key: &str,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<Option<LockToken>, StoreError> {
+        self.inner.try_lock(key, ttl, now)
+    }
+    fn unlock(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        self.inner.unlock(key, token)
+    }
+    fn locked(&self, key: &str, now: i64) -> Result<bool, StoreError> {
+        self.inner.locked(key, now)
+    }
+    fn incr(&self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError> {
+        self.inner.incr(key, window, now)
+    }
+    fn incr_sliding(&self, key: &str, ttl: Duration, now: i64) -> Result<u64, StoreError> {
+        self.inner.incr_sliding(key, ttl, now)
+    }
+    fn set(&self, key: &str, value: u64, ttl: Duration, now: i64) -> Result<(), StoreError> {
+        self.inner.set(key, value, ttl, now)
+    }
+    fn decr(&self, key: &str, now: i64) -> Result<(), StoreError> {
+        self.inner.decr(key, now)
+    }
+    fn count(&self, key: &str, now: i64) -> Result<u64, StoreError> {
+        self.inner.count(key, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +371,7 @@ mod tests {
                 )
                 .ok();
         }
-        let ra: &'static ReadAhead = Box::leak(Box::new(ReadAhead::start(store, 2).unwrap()));
+        let ra: &'static ReadAhead = Box::leak(Box::new(ReadAhead::start(store, 2, None).unwrap()));
         let mut tasks = Vec::new();
         for i in 0..100 {
             tasks.push(tokio::spawn(async move {
@@ -220,6 +388,56 @@ mod tests {
             assert_eq!(user(&got[0]), want(i));
             assert_eq!(user(&got[1]), want(i + 1));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_found_is_used_again_until_this_daemon_writes_it() {
+        let recent = Arc::new(Recent::new(Duration::from_secs(60)));
+        let store: &'static Forgetting = Box::leak(Box::new(Forgetting {
+            inner: Box::new(MemoryStore::default()),
+            recent: Arc::clone(&recent),
+        }));
+        let ttl = Duration::from_secs(60);
+        store.put("k", &entry("alice"), ttl, 0).unwrap();
+        let ra = ReadAhead::start(store, 1, Some(Arc::clone(&recent))).unwrap();
+        let user = |r: Result<Vec<Option<Entry>>, StoreError>| {
+            r.unwrap()[0].as_ref().map(|e| e.user.clone())
+        };
+        assert_eq!(
+            user(ra.get(vec!["k".into()], 0).await),
+            Some("alice".into())
+        );
+        // Changed behind its back (another process): the kept entry answers.
+        store.inner.put("k", &entry("bob"), ttl, 0).unwrap();
+        assert_eq!(
+            user(ra.get(vec!["k".into()], 0).await),
+            Some("alice".into())
+        );
+        // Written or ended through this daemon: read again at once.
+        store.put("k", &entry("carol"), ttl, 0).unwrap();
+        assert_eq!(
+            user(ra.get(vec!["k".into()], 0).await),
+            Some("carol".into())
+        );
+        store.delete("k").unwrap();
+        assert_eq!(user(ra.get(vec!["k".into()], 0).await), None);
+        store.inner.put("k", &entry("dave"), ttl, 0).unwrap();
+        assert_eq!(user(ra.get(vec!["k".into()], 0).await), Some("dave".into()));
+        store.revoke_all(0).unwrap();
+        assert_eq!(user(ra.get(vec!["k".into()], 0).await), None);
+    }
+
+    #[test]
+    fn a_read_under_way_during_a_write_is_not_kept_and_entries_go_stale() {
+        let recent = Recent::new(Duration::from_millis(50));
+        let g = recent.generation();
+        recent.forget("k");
+        recent.keep(g, "k".into(), entry("alice"));
+        assert!(recent.get("k").is_none(), "kept a read older than a write");
+        recent.keep(recent.generation(), "k".into(), entry("alice"));
+        assert!(recent.get("k").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(recent.get("k").is_none(), "past its time");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

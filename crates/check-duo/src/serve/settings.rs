@@ -24,6 +24,8 @@ pub struct RawServer {
     rules: Option<Vec<RawRule>>,
     default_policy: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    /// Milliseconds a session read from Redis is used again by this daemon (0: never).
+    session_cache_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +114,14 @@ pub struct ServerConfig {
     pub rules: Rules,
     /// Peers whose `X-Forwarded-For` is believed (default: loopback).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a session read from Redis answers again without a read (see
+    /// [`super::readahead::Recent`]); zero: every request reads.
+    pub session_cache: std::time::Duration,
 }
+
+/// `server.session_cache_ms` by default, and at most.
+pub const SESSION_CACHE_MS: u64 = 1000;
+pub const MAX_SESSION_CACHE_MS: u64 = 10_000;
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, (String, String)> {
     text.parse()
@@ -219,8 +228,18 @@ impl ServerConfig {
                 })?;
             trusted_proxies.push(net);
         }
+        let cache_ms = raw.session_cache_ms.unwrap_or(SESSION_CACHE_MS);
+        if cache_ms > MAX_SESSION_CACHE_MS {
+            return Err(e(
+                "session_cache_ms",
+                format!(
+                    "{cache_ms} is more than {MAX_SESSION_CACHE_MS}: a logout elsewhere would take that long to count here"
+                ),
+            ));
+        }
         Ok(ServerConfig {
             trusted_proxies,
+            session_cache: std::time::Duration::from_millis(cache_ms),
             listen,
             portal,
             fastcgi_listen,
@@ -260,6 +279,7 @@ mod tests {
     fn defaults_and_portal() {
         let s = server(r#"{"portal_url": "https://Auth.Example.org"}"#).unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.session_cache, std::time::Duration::from_secs(1));
         assert_eq!(s.portal.url, "https://auth.example.org/");
         assert_eq!(s.portal.base, "/");
         assert!(!s.portal.insecure_loopback());
@@ -276,6 +296,12 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         assert_eq!(server("{}").unwrap_err().0, "server.portal_url");
+        assert_eq!(
+            server(r#"{"portal_url": "https://a/", "session_cache_ms": 10001}"#)
+                .unwrap_err()
+                .0,
+            "server.session_cache_ms"
+        );
         assert_eq!(
             server(r#"{"portal_url": "ftp://x/"}"#).unwrap_err().0,
             "server.portal_url"
