@@ -1,6 +1,7 @@
 //! Prometheus metrics of the daemon: decisions by event and outcome, Duo call latency, store
 //! latency, sign-ins waiting for a phone. The store and Duo are measured by wrapping their ports.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use check_duo_core::ports::{DuoApi, Entry, LockToken, SessionInfo, Store, StoreError};
@@ -12,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::readahead::Recent;
 
 /// Labels with static names and values: no allocation on the hot path.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -105,13 +108,31 @@ impl Default for Metrics {
     }
 }
 
-/// The store, timed.
+/// The store as the daemon uses it: timed, and (with Redis) forgetting in `recent` every
+/// session it writes or ends (see [`super::readahead::Recent`]).
 pub struct TimedStore<'m> {
     pub inner: Box<dyn Store>,
     pub metrics: &'m Metrics,
+    pub recent: Option<Arc<Recent>>,
 }
 
 impl TimedStore<'_> {
+    /// Run a write of session `key` (`None`: of many), forgetting it before (no read starts
+    /// with the old entry kept) and after (no read under way keeps it).
+    fn forgetting<T>(&self, key: Option<&str>, f: impl FnOnce() -> T) -> T {
+        let Some(recent) = &self.recent else {
+            return f();
+        };
+        let forget = || match key {
+            Some(k) => recent.forget(k),
+            None => recent.forget_all(),
+        };
+        forget();
+        let out = f();
+        forget();
+        out
+    }
+
     fn time<T>(&self, op: &'static str, f: impl FnOnce(&dyn Store) -> T) -> T {
         let t = Instant::now();
         let r = f(&*self.inner);
@@ -128,19 +149,23 @@ impl Store for TimedStore<'_> {
         self.time("get_many", |s| s.get_many(keys, now))
     }
     fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError> {
-        self.time("put", |s| s.put(key, entry, ttl, now))
+        self.forgetting(Some(key), || {
+            self.time("put", |s| s.put(key, entry, ttl, now))
+        })
     }
     fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.time("delete", |s| s.delete(key))
+        self.forgetting(Some(key), || self.time("delete", |s| s.delete(key)))
     }
     fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
         self.time("list", |s| s.list(now))
     }
     fn revoke_user(&self, user: &str, now: i64) -> Result<u64, StoreError> {
-        self.time("revoke_user", |s| s.revoke_user(user, now))
+        self.forgetting(None, || {
+            self.time("revoke_user", |s| s.revoke_user(user, now))
+        })
     }
     fn revoke_all(&self, now: i64) -> Result<u64, StoreError> {
-        self.time("revoke_all", |s| s.revoke_all(now))
+        self.forgetting(None, || self.time("revoke_all", |s| s.revoke_all(now)))
     }
     fn try_lock(
         &self,

@@ -117,13 +117,6 @@ impl App {
         // Redis: sessions found are used again for a moment, and every write here forgets them.
         let recent = (!embedded && !server.session_cache.is_zero())
             .then(|| Arc::new(readahead::Recent::new(server.session_cache)));
-        let store: Box<dyn Store> = match &recent {
-            Some(r) => Box::new(readahead::Forgetting {
-                inner: store,
-                recent: Arc::clone(r),
-            }),
-            None => store,
-        };
         let app: &'static App = Box::leak(Box::new(App {
             cfg,
             server,
@@ -131,6 +124,7 @@ impl App {
             store: TimedStore {
                 inner: store,
                 metrics,
+                recent: recent.clone(),
             },
             duo: TimedDuo {
                 inner: duo,

@@ -108,7 +108,8 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// `threads` readers over `store` (each `MGET` takes one of the store's connections), and
-    /// the sessions kept by `recent`, if any (its owner wraps `store` in a [`Forgetting`]).
+    /// the sessions kept by `recent`, if any (`store` forgets in it what it writes: see
+    /// [`super::metrics::TimedStore`]).
     pub fn start(
         store: &'static dyn Store,
         threads: usize,
@@ -271,80 +272,10 @@ impl Store for Prefetched<'_> {
     }
 }
 
-/// The store, forgetting in [`Recent`] every session this daemon writes or ends.
-pub struct Forgetting {
-    pub inner: Box<dyn Store>,
-    pub recent: Arc<Recent>,
-}
-
-impl Store for Forgetting {
-    fn get(&self, key: &str, now: i64) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key, now)
-    }
-    fn get_many(&self, keys: &[String], now: i64) -> Result<Vec<Option<Entry>>, StoreError> {
-        self.inner.get_many(keys, now)
-    }
-    // Forgotten before (no read starts with the old entry kept) and after (none under way
-    // keeps it).
-    fn put(&self, key: &str, entry: &Entry, ttl: Duration, now: i64) -> Result<(), StoreError> {
-        self.recent.forget(key);
-        let r = self.inner.put(key, entry, ttl, now);
-        self.recent.forget(key);
-        r
-    }
-    fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.recent.forget(key);
-        let r = self.inner.delete(key);
-        self.recent.forget(key);
-        r
-    }
-    fn list(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
-        self.inner.list(now)
-    }
-    fn revoke_user(&self, user: &str, now: i64) -> Result<u64, StoreError> {
-        let r = self.inner.revoke_user(user, now);
-        self.recent.forget_all();
-        r
-    }
-    fn revoke_all(&self, now: i64) -> Result<u64, StoreError> {
-        let r = self.inner.revoke_all(now);
-        self.recent.forget_all();
-        r
-    }
-    fn try_lock(
-        &self,
-        key: &str,
-        ttl: Duration,
-        now: i64,
-    ) -> Result<Option<LockToken>, StoreError> {
-        self.inner.try_lock(key, ttl, now)
-    }
-    fn unlock(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
-        self.inner.unlock(key, token)
-    }
-    fn locked(&self, key: &str, now: i64) -> Result<bool, StoreError> {
-        self.inner.locked(key, now)
-    }
-    fn incr(&self, key: &str, window: Duration, now: i64) -> Result<u64, StoreError> {
-        self.inner.incr(key, window, now)
-    }
-    fn incr_sliding(&self, key: &str, ttl: Duration, now: i64) -> Result<u64, StoreError> {
-        self.inner.incr_sliding(key, ttl, now)
-    }
-    fn set(&self, key: &str, value: u64, ttl: Duration, now: i64) -> Result<(), StoreError> {
-        self.inner.set(key, value, ttl, now)
-    }
-    fn decr(&self, key: &str, now: i64) -> Result<(), StoreError> {
-        self.inner.decr(key, now)
-    }
-    fn count(&self, key: &str, now: i64) -> Result<u64, StoreError> {
-        self.inner.count(key, now)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::metrics::TimedStore;
     use check_duo_core::testing::MemoryStore;
 
     fn entry(user: &str) -> Entry {
@@ -393,9 +324,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_found_is_used_again_until_this_daemon_writes_it() {
         let recent = Arc::new(Recent::new(Duration::from_secs(60)));
-        let store: &'static Forgetting = Box::leak(Box::new(Forgetting {
+        let store: &'static TimedStore = Box::leak(Box::new(TimedStore {
             inner: Box::new(MemoryStore::default()),
-            recent: Arc::clone(&recent),
+            metrics: Box::leak(Box::default()),
+            recent: Some(Arc::clone(&recent)),
         }));
         let ttl = Duration::from_secs(60);
         store.put("k", &entry("alice"), ttl, 0).unwrap();
