@@ -496,16 +496,15 @@ fn logout_ends_the_session_on_the_server() {
     }
 }
 
-/// With Redis, a session found is used again for `server.session_cache_ms`: a revoke by another
-/// process (here `check-duo sessions revoke`) counts within that time, and at once with 0.
+/// A session found is used again for `server.session_cache_ms`: a revoke by another process
+/// (here `check-duo sessions revoke`) counts within that time, and at once with 0.
 #[test]
 fn a_revoke_elsewhere_counts_within_the_session_cache() {
-    let name = "a_revoke_elsewhere_counts_within_the_session_cache";
-    if !Backend::Redis.available(name) {
-        return;
-    }
-    for cache_ms in [0, 1000] {
-        let d = Daemon::start(Backend::Redis, |cfg| {
+    let cases = backends("a_revoke_elsewhere_counts_within_the_session_cache")
+        .into_iter()
+        .flat_map(|b| [(b, 0), (b, 1000)]);
+    for (backend, cache_ms) in cases {
+        let d = Daemon::start(backend, |cfg| {
             cfg["server"]["session_cache_ms"] = json!(cache_ms);
         });
         let b = signed_in(&d);

@@ -66,7 +66,7 @@ pub struct App {
     pub sign_ins: tokio::sync::Semaphore,
     /// The store is the embedded one (see [`App::lookup`]).
     pub embedded: bool,
-    /// The session reads of the authorization endpoints, for Redis (see [`readahead`]).
+    /// The session reads of the authorization endpoints (see [`readahead`]).
     pub reads: std::sync::OnceLock<readahead::ReadAhead>,
     /// Duo's Universal Prompt (`duo.prompt: "universal"`), instead of Auth API pushes.
     pub universal: Option<duo_auth::UniversalClient>,
@@ -114,8 +114,8 @@ impl App {
             None => None,
         };
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-        // Redis: sessions found are used again for a moment, and every write here forgets them.
-        let recent = (!embedded && !server.session_cache.is_zero())
+        // Sessions found are used again for a moment, and every write here forgets them.
+        let recent = (!server.session_cache.is_zero())
             .then(|| Arc::new(readahead::Recent::new(server.session_cache)));
         let app: &'static App = Box::leak(Box::new(App {
             cfg,
@@ -139,11 +139,10 @@ impl App {
             universal,
             policy: RwLock::new(Arc::new(cfg_policy)),
         }));
-        if !embedded {
-            let reads = readahead::ReadAhead::start(&app.store, READERS, recent)
-                .map_err(|e| format!("session store readers: {e}"))?;
-            let _ = app.reads.set(reads);
-        }
+        let readers = if embedded { 0 } else { READERS };
+        let reads = readahead::ReadAhead::start(&app.store, readers, recent)
+            .map_err(|e| format!("session store readers: {e}"))?;
+        let _ = app.reads.set(reads);
         Ok(app)
     }
 

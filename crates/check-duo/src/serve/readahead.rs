@@ -1,13 +1,16 @@
-//! Session reads ahead of the decision, for a store across the network (Redis). The core is
-//! synchronous; a Redis round trip on the runtime's threads would hold one of them for its
-//! length (or hand it over, which costs as much). Instead, the authorization endpoints send the
-//! session ids a request needs to a few reader threads, which take every read waiting at that
-//! moment as one `MGET`, and await the answer; the core then decides over [`Prefetched`],
-//! which answers those reads from memory. Under load the batches grow by themselves: one round
-//! trip serves every request that arrived during the previous one.
+//! Session reads ahead of the decision. The authorization endpoints read the session ids a
+//! request needs first, then the (synchronous) core decides over [`Prefetched`], which answers
+//! those reads from memory.
+//!
+//! For a store across the network (Redis): a round trip on the runtime's threads would hold one
+//! of them for its length (or hand it over, which costs as much). Instead the ids go to a few
+//! reader threads, which take every read waiting at that moment as one `MGET`, and the request
+//! awaits the answer. Under load the batches grow by themselves: one round trip serves every
+//! request that arrived during the previous one. The embedded store is read in place (a few
+//! microseconds of SQLite).
 //!
 //! A session found is kept for `server.session_cache_ms` (1 s by default; see [`Recent`]): the
-//! assets of a page ask for the same session within that time, and are answered without Redis.
+//! assets of a page ask for the same session within that time, and are answered without a read.
 //! The core still checks the entry on every request (user, tag, lifetimes); what the cache may
 //! miss for that long is a change made by another process (a logout through another daemon,
 //! `check-duo sessions revoke`). This daemon's own writes forget the entry at once.
@@ -102,28 +105,34 @@ impl Recent {
 
 /// The reader threads' queue.
 pub struct ReadAhead {
-    tx: SyncSender<Job>,
+    store: &'static dyn Store,
+    /// The reader threads' queue; none: `store` is read in place.
+    tx: Option<SyncSender<Job>>,
     recent: Option<Arc<Recent>>,
 }
 
 impl ReadAhead {
-    /// `threads` readers over `store` (each `MGET` takes one of the store's connections), and
-    /// the sessions kept by `recent`, if any (`store` forgets in it what it writes: see
-    /// [`super::metrics::TimedStore`]).
+    /// `threads` readers over `store` (each `MGET` takes one of the store's connections; 0:
+    /// read in place), and the sessions kept by `recent`, if any (`store` forgets in it what it
+    /// writes: see [`super::metrics::TimedStore`]).
     pub fn start(
         store: &'static dyn Store,
         threads: usize,
         recent: Option<Arc<Recent>>,
     ) -> std::io::Result<ReadAhead> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
-            std::thread::Builder::new()
-                .name(format!("check-duo-read-{i}"))
-                .spawn(move || read(store, &rx))?;
+        let mut tx = None;
+        if threads > 0 {
+            let (sender, rx) = mpsc::sync_channel::<Job>(QUEUE);
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..threads {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("check-duo-read-{i}"))
+                    .spawn(move || read(store, &rx))?;
+            }
+            tx = Some(sender);
         }
-        Ok(ReadAhead { tx, recent })
+        Ok(ReadAhead { store, tx, recent })
     }
 
     /// The entries of `keys`, in order, read with the others waiting now.
@@ -139,17 +148,25 @@ impl ReadAhead {
             }
         }
         let generation = recent.map(Recent::generation);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let unavailable = |why: &str| StoreError::new("redis", "read ahead", why);
-        match self.tx.try_send(Job { keys, now, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(unavailable("too many reads waiting")),
-            Err(TrySendError::Disconnected(_)) => return Err(unavailable("no reader")),
-        }
-        // The store's own deadline bounds the wait; a reader gone is an error, never a grant.
-        let read = answer
-            .await
-            .unwrap_or_else(|_| Err(unavailable("no answer")));
+        let read = match &self.tx {
+            None => self.store.get_many(&keys, now),
+            Some(tx) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let unavailable = |why: &str| StoreError::new("redis", "read ahead", why);
+                match tx.try_send(Job { keys, now, reply }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        return Err(unavailable("too many reads waiting"))
+                    }
+                    Err(TrySendError::Disconnected(_)) => return Err(unavailable("no reader")),
+                }
+                // The store's own deadline bounds the wait; a reader gone is an error, never a
+                // grant.
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("no answer")))
+            }
+        };
         if let (Some(recent), Some(g), Some(k), Ok(found)) = (recent, generation, first, &read) {
             if let Some(Some(entry)) = found.first() {
                 recent.keep(g, k, entry.clone());
