@@ -18,8 +18,10 @@ use crate::factor::{self, Requested};
 use crate::keys;
 use crate::limits::{self, store_error};
 use crate::password::{self, Credential};
-use crate::policy::Policy;
-use crate::ports::{Clock, DuoApi, Entry, LockToken, Store, Wait};
+use crate::policy::{DirectoryPolicy, Policy};
+use crate::ports::{
+    Clock, Directory, DirectoryAnswer, DirectoryError, DuoApi, Entry, LockToken, Store, Wait,
+};
 use crate::request::Request;
 use crate::totp;
 
@@ -67,6 +69,29 @@ pub struct Gate<'a> {
     pub duo: &'a dyn DuoApi,
     pub clock: &'a dyn Clock,
     pub wait: &'a dyn Wait,
+    /// The user directory, where the policy has one (`Policy::directory`).
+    pub directory: Option<&'a dyn Directory>,
+}
+
+/// Where a user's password is checked.
+enum Source<'p> {
+    /// The config (or the htpasswd file) lists the user.
+    Config(&'p Credential),
+    /// The directory is asked (the config does not list the user).
+    Directory(&'p DirectoryPolicy),
+    /// Nowhere: an unknown user.
+    Unknown,
+}
+
+/// A directory user's session tag, as [`Gate::approved`] sees it.
+#[derive(PartialEq, Eq)]
+enum DirectoryTag {
+    /// The tag is right and the directory accepted the user less than `recheck` ago.
+    Fresh,
+    /// The tag is right, but the directory is due to be asked again.
+    Due,
+    /// Not this user's and password's tag.
+    Wrong,
 }
 
 /// What the warm path found.
@@ -90,6 +115,17 @@ struct Subject<'r> {
 }
 
 impl<'a> Gate<'a> {
+    /// Where `user`'s password is checked: the config first, then the directory.
+    fn source(&self, user: &str) -> Source<'a> {
+        if let Some(cred) = self.policy.users.get(user) {
+            return Source::Config(cred);
+        }
+        match &self.policy.directory {
+            Some(dp) if !user.is_empty() => Source::Directory(dp),
+            _ => Source::Unknown,
+        }
+    }
+
     fn caching(&self) -> bool {
         !self.policy.session.expiry.is_zero()
     }
@@ -131,7 +167,7 @@ impl<'a> Gate<'a> {
             return Warm::Miss(None);
         };
         let bound = self.policy.session.bound_to_password;
-        if !self.caching() || (bound && !self.policy.users.contains_key(&req.user)) {
+        if !self.caching() || (bound && matches!(self.source(&req.user), Source::Unknown)) {
             return Warm::Miss(None);
         }
         let now = self.clock.unix();
@@ -150,12 +186,12 @@ impl<'a> Gate<'a> {
             }
         }
         let Some((older, old_key, mut entry)) = found else {
-            return Warm::Miss(None);
+            return self.recheck_directory(req, &s, id, now);
         };
         let mut notes = Vec::new();
         if older {
             // Filed under a key being retired: move it under the current one.
-            entry.tag = self.tag_for(&entry.user, s.password);
+            entry.tag = self.retag(&entry, s.password);
             let ttl = self.entry_ttl(&entry, now);
             match self.store.put(id, &entry, ttl, now) {
                 Ok(()) => {
@@ -271,7 +307,7 @@ impl<'a> Gate<'a> {
                 "a second factor without the password, where sessions are bound to it",
             ));
         }
-        if !self.policy.users.contains_key(&req.user) {
+        if matches!(self.source(&req.user), Source::Unknown) {
             return Some(Decision::deny(Event::UnknownUser, "unknown user"));
         }
         None
@@ -448,10 +484,11 @@ impl<'a> Gate<'a> {
         let attempt = self.reserve(s)?;
         let started = self.clock.monotonic();
         let password = s.req.password.as_ref().map_or("", |p| p.expose());
-        let result = match self.policy.users.get(&s.req.user) {
-            Some(cred) => factor::check_password(cred, password)
+        let result = match self.source(&s.req.user) {
+            Source::Config(cred) => factor::check_password(cred, password)
                 .ok_or_else(|| Decision::deny(Event::PasswordFailure, "wrong password")),
-            None => {
+            Source::Directory(dp) => self.directory_password(dp, &s.req.user, password),
+            Source::Unknown => {
                 password::verify_unknown_user(password);
                 Err(Decision::deny(Event::UnknownUser, "unknown user"))
             }
@@ -460,6 +497,11 @@ impl<'a> Gate<'a> {
             Ok(requested) => {
                 limits::give_back(self.store, attempt, now);
                 Ok(requested)
+            }
+            // Not the user's failure: not counted, not delayed.
+            Err(deny) if deny.event == Event::DirectoryUnreachable => {
+                limits::give_back(self.store, attempt, now);
+                Err(deny)
             }
             Err(deny) => {
                 let (deny, failures) =
@@ -788,14 +830,193 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// The tag of a new approval of `user` (under the current key).
+    /// The tag of a new approval of `user` (under the current key). A directory user's tag
+    /// carries the time the directory accepted the user (now: the password was just checked).
     fn tag_for(&self, user: &str, password: &str) -> String {
-        let fingerprint = self
+        match self.source(user) {
+            Source::Config(cred) => self.policy.keys.tag(user, password, cred.fingerprint()),
+            Source::Directory(_) => self.directory_tag(user, password, self.clock.unix()),
+            Source::Unknown => self.policy.keys.tag(user, password, ""),
+        }
+    }
+
+    /// The tag of `entry` under the current key: a directory user's keeps the time the
+    /// directory last accepted the user (moving a session to the new key is no re-check).
+    fn retag(&self, entry: &Entry, password: &str) -> String {
+        if let Source::Directory(_) = self.source(&entry.user) {
+            let checked = entry
+                .tag
+                .strip_prefix('d')
+                .and_then(|t| t.split_once('.'))
+                .and_then(|(c, _)| c.parse::<i64>().ok());
+            if let Some(checked) = checked {
+                return self.directory_tag(&entry.user, password, checked);
+            }
+        }
+        self.tag_for(&entry.user, password)
+    }
+
+    /// `d{checked}.{tag}`: the tag over user, password and the time `checked` (Unix seconds)
+    /// the directory last accepted the user. The time is in the clear, and the keyed tag covers
+    /// it: whoever can write the store cannot move it.
+    fn directory_tag(&self, user: &str, password: &str, checked: i64) -> String {
+        let mac = self
             .policy
-            .users
-            .get(user)
-            .map_or("", Credential::fingerprint);
-        self.policy.keys.tag(user, password, fingerprint)
+            .keys
+            .tag(user, password, &format!("directory:{checked}"));
+        format!("d{checked}.{mac}")
+    }
+
+    fn directory_tag_state(
+        &self,
+        dp: &DirectoryPolicy,
+        entry: &Entry,
+        password: &str,
+        now: i64,
+    ) -> DirectoryTag {
+        let Some((checked, mac)) = entry
+            .tag
+            .strip_prefix('d')
+            .and_then(|t| t.split_once('.'))
+            .and_then(|(c, m)| Some((c.parse::<i64>().ok()?, m)))
+        else {
+            return DirectoryTag::Wrong;
+        };
+        let credential = format!("directory:{checked}");
+        if !self
+            .policy
+            .keys
+            .tag_matches(mac, &entry.user, password, &credential)
+        {
+            return DirectoryTag::Wrong;
+        }
+        if secs(now.saturating_sub(checked)) < dp.recheck {
+            DirectoryTag::Fresh
+        } else {
+            DirectoryTag::Due
+        }
+    }
+
+    /// A directory user's password: a bind as the user (with the factor suffix split off, then
+    /// whole, as for the config's users). An empty password is refused here, before any call:
+    /// to a directory it would be an unauthenticated bind, which many servers accept.
+    fn directory_password(
+        &self,
+        dp: &DirectoryPolicy,
+        user: &str,
+        password: &str,
+    ) -> Result<Requested, Decision> {
+        let deadline = self.clock.monotonic() + dp.timeout;
+        match self.directory_bind(user, password, deadline) {
+            Ok((DirectoryAnswer::Valid, requested)) => Ok(requested),
+            Ok((DirectoryAnswer::UnknownUser, _)) => Err(Decision::deny(
+                Event::UnknownUser,
+                "unknown user (not in the directory, or excluded by its filter)",
+            )),
+            Ok((DirectoryAnswer::WrongPassword, _)) if password.is_empty() => Err(Decision::deny(
+                Event::PasswordFailure,
+                "empty password (never sent to the directory)",
+            )),
+            Ok((DirectoryAnswer::WrongPassword, _)) => Err(Decision::deny(
+                Event::PasswordFailure,
+                "wrong password (the directory refused the bind)",
+            )),
+            Err(e) => Err(directory_unavailable(format_args!(
+                "directory unavailable: {e}"
+            ))),
+        }
+    }
+
+    /// Bind as `user` with `password`, its factor suffix split off first; the answer and the
+    /// factor asked for. Never sends an empty password.
+    fn directory_bind(
+        &self,
+        user: &str,
+        password: &str,
+        deadline: std::time::Instant,
+    ) -> Result<(DirectoryAnswer, Requested), DirectoryError> {
+        let Some(dir) = self.directory else {
+            return Err(DirectoryError("no directory client configured".into()));
+        };
+        let mut tries = Vec::with_capacity(2);
+        if let Some((base, requested)) = factor::split(password) {
+            tries.push((base, requested));
+        }
+        tries.push((password, Requested::Default));
+        for (pw, requested) in tries {
+            if pw.is_empty() {
+                continue;
+            }
+            match dir.verify(user, pw, deadline)? {
+                DirectoryAnswer::WrongPassword => {}
+                answer => return Ok((answer, requested)),
+            }
+        }
+        Ok((DirectoryAnswer::WrongPassword, Requested::Default))
+    }
+
+    /// A directory user's session whose tag is right but due for its re-check: ask the
+    /// directory again (a bind with the password where sessions are bound to it, a lookup of
+    /// the user where they are not). Accepted: the session goes on under a new tag. Refused:
+    /// the session ends. The directory down: a deny that says so.
+    fn recheck_directory(&self, req: &Request, s: &Subject<'_>, id: &str, now: i64) -> Warm {
+        let Some(dp) = &self.policy.directory else {
+            return Warm::Miss(None);
+        };
+        let mut entry = match self.store.get(id, now) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Warm::Miss(None),
+            Err(e) => return Warm::Fail(store_error(e)),
+        };
+        let session = &self.policy.session;
+        let bound = session.bound_to_password;
+        let any_user = req.user.is_empty() && !bound;
+        let age = now.saturating_sub(entry.approved_at);
+        let idle = now.saturating_sub(entry.last_seen.max(entry.approved_at));
+        if !(any_user || entry.user == req.user)
+            || !matches!(self.source(&entry.user), Source::Directory(_))
+            || self.directory_tag_state(dp, &entry, s.password, now) != DirectoryTag::Due
+            || secs(age) >= session.expiry
+            || session.idle_timeout.is_some_and(|t| secs(idle) >= t)
+            || !self.in_network(&entry, req)
+        {
+            return Warm::Miss(None);
+        }
+        let deadline = self.clock.monotonic() + dp.timeout;
+        let answer = if bound {
+            self.directory_bind(&entry.user, s.password, deadline)
+                .map(|(a, _)| a)
+        } else {
+            match self.directory {
+                Some(dir) => dir.lookup(&entry.user, deadline),
+                None => Err(DirectoryError("no directory client configured".into())),
+            }
+        };
+        match answer {
+            Ok(DirectoryAnswer::Valid) => {
+                entry.tag = self.directory_tag(&entry.user, s.password, now);
+                let ttl = self.entry_ttl(&entry, now);
+                let mut d = Decision::grant(Event::CacheHit, "cached session")
+                    .for_user(&entry.user);
+                d.note("re-checked with the directory");
+                if let Err(e) = self.store.put(id, &entry, ttl, now) {
+                    d.note(format_args!("re-check not stored: {e}"));
+                }
+                Warm::Hit(d)
+            }
+            Ok(_) => {
+                let _ = self.store.delete(id);
+                Warm::Miss(Some(
+                    "the directory no longer accepts this user or password: session ended".into(),
+                ))
+            }
+            Err(e) => Warm::Fail(
+                directory_unavailable(format_args!(
+                    "the session is due for its directory re-check, and the directory is unavailable: {e}"
+                ))
+                .for_user(&entry.user),
+            ),
+        }
     }
 
     /// The approval of session `id` for this user (any user, when sessions are not bound to the
@@ -815,14 +1036,19 @@ impl<'a> Gate<'a> {
         Ok(entry.filter(|e| {
             let age = now.saturating_sub(e.approved_at);
             let idle = now.saturating_sub(e.last_seen.max(e.approved_at));
-            let Some(cred) = self.policy.users.get(&e.user) else {
-                return false;
+            let tag_ok = match self.source(&e.user) {
+                Source::Config(cred) => {
+                    self.policy
+                        .keys
+                        .tag_matches(&e.tag, &e.user, password, cred.fingerprint())
+                }
+                Source::Directory(dp) => {
+                    self.directory_tag_state(dp, e, password, now) == DirectoryTag::Fresh
+                }
+                Source::Unknown => false,
             };
             (any_user || e.user == user)
-                && self
-                    .policy
-                    .keys
-                    .tag_matches(&e.tag, &e.user, password, cred.fingerprint())
+                && tag_ok
                 // Whole seconds, as the stores count: a lifetime of n s lasts between n - 1 and n.
                 && secs(age) < session.expiry
                 && session.idle_timeout.is_none_or(|t| secs(idle) < t)
@@ -860,6 +1086,10 @@ impl<'a> Gate<'a> {
         // A failed refresh only shortens the session: not worth a deny.
         let _ = self.store.put(id, &entry, ttl, now);
     }
+}
+
+fn directory_unavailable(why: impl std::fmt::Display) -> Decision {
+    Decision::deny(Event::DirectoryUnreachable, why.to_string())
 }
 
 fn secs(s: i64) -> Duration {

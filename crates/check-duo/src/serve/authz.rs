@@ -88,10 +88,14 @@ fn decide_inner(app: &App, t: &Target, headers: &HeaderMap, client: &str) -> (An
         return session(app, t, headers, client, domain, portal);
     }
     let found = session(app, t, headers, client, domain, portal);
+    let groups = match &found.0 {
+        Answer::Allow(Some(user)) => app.groups(user),
+        _ => Vec::new(),
+    };
     let who = match &found.0 {
         Answer::Allow(Some(user)) => Some(Who {
             user,
-            groups: app.groups(user),
+            groups: &groups,
         }),
         _ => None,
     };

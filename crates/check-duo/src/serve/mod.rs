@@ -64,6 +64,8 @@ pub struct App {
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
     /// were last read.
     policy: RwLock<Arc<Policy>>,
+    /// Users from LDAP (`ldap`), with its service connections and the groups it last gave.
+    pub directory: Option<crate::ldap::LdapDirectory>,
 }
 
 impl App {
@@ -104,6 +106,10 @@ impl App {
             ),
             None => None,
         };
+        let directory = cfg
+            .ldap
+            .clone()
+            .map(|l| crate::ldap::LdapDirectory::new(l, true));
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
         Ok(Box::leak(Box::new(App {
             cfg,
@@ -124,6 +130,7 @@ impl App {
             embedded,
             universal,
             policy: RwLock::new(Arc::new(cfg_policy)),
+            directory,
         })))
     }
 
@@ -141,12 +148,25 @@ impl App {
             duo: &self.duo,
             clock: &*self.clock,
             wait: &*self.wait,
+            directory: self
+                .directory
+                .as_ref()
+                .map(|d| d as &dyn check_duo_core::ports::Directory),
         })
     }
 
-    /// Each user's groups.
-    pub fn groups(&self, user: &str) -> &[String] {
-        self.cfg.groups.get(user).map_or(&[], Vec::as_slice)
+    /// Each user's groups: the config's and the directory's (as it said at the sign-in or the
+    /// last re-check), sorted.
+    pub fn groups(&self, user: &str) -> Vec<String> {
+        let mut groups = self.cfg.groups.get(user).cloned().unwrap_or_default();
+        if let Some(d) = &self.directory {
+            if !self.cfg.policy.users.contains_key(user) {
+                groups.extend(d.groups_of(user));
+                groups.sort();
+                groups.dedup();
+            }
+        }
+        groups
     }
 
     /// The audit record (where configured) and the log line of a decision; the decision as it
