@@ -731,6 +731,16 @@ impl LdapDirectory {
         })
     }
 
+    /// Connect (with TLS as configured), without binding: for `config check`.
+    pub fn check_reachable(&self) -> Result<(), DirectoryError> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        self.run(deadline, async {
+            let mut ldap = self.connect().await?;
+            let _ = ldap.unbind().await;
+            Ok(())
+        })
+    }
+
     /// Connect and bind as the service account (or anonymously): for `config check`.
     pub fn check_service(&self) -> Result<(), DirectoryError> {
         let deadline = Instant::now() + self.cfg.timeout;

@@ -448,3 +448,47 @@ fn serve_signs_in_directory_users_with_their_groups() {
     );
     s.stop();
 }
+
+#[test]
+fn config_check_reports_the_directory() {
+    if !slapd::available("ldap config check") {
+        return;
+    }
+    let (dir, mut ldap, _sim, cfg) = world(behaviours(), 300);
+    let config = write(&dir.path().join("config.json"), &cfg);
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["config", "check", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+    for want in [
+        "reachable, StartTLS",
+        &format!("the service bind as \"{}\" works", slapd::SERVICE_DN),
+        // alice, bob, carol, o'brien*, a(b), back\slash; not dora (disabled).
+        "finds 6 user(s) under \"ou=people,dc=example,dc=test\"",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // A wrong service password, then the directory down: errors that say which.
+    let pw = dir.path().join("bad.pw");
+    std::fs::write(&pw, "not-it\n").unwrap();
+    let mut bad = cfg.clone();
+    bad["ldap"]["bind_password_file"] = json!(pw);
+    write(&config, &bad);
+    let (ok, text) = check();
+    assert!(
+        !ok && text.contains("service bind") && text.contains("refused"),
+        "{text}"
+    );
+    write(&config, &cfg);
+    ldap.pause();
+    let (ok, text) = check();
+    assert!(!ok && text.contains("not reachable"), "{text}");
+}
