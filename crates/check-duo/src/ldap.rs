@@ -65,13 +65,23 @@ pub enum Groups {
     Attribute(String),
 }
 
+/// What the server's certificate must chain to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Roots {
+    /// webpki's roots (no `ca_file`).
+    Webpki,
+    /// The PEM of `ca_file`: these certificates alone.
+    Ca(Vec<u8>),
+}
+
 /// The checked `ldap` section.
 #[derive(Clone, Debug)]
 pub struct LdapConfig {
     pub url: String,
     pub start_tls: bool,
-    /// The rustls configuration for `ldaps://` or StartTLS; `None` for plain loopback.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The roots for `ldaps://` or StartTLS; `None` for plain loopback. (The rustls
+    /// configuration is built on the first connection: a cached session never pays for it.)
+    pub tls: Option<Roots>,
     /// The service account and its password.
     pub bind: Option<(String, Secret)>,
     pub base_dn: String,
@@ -225,7 +235,10 @@ impl LdapConfig {
             ));
         }
         let tls = if tls {
-            Some(tls_config(raw.ca_file.as_deref()).map_err(|m| e("ca_file", m))?)
+            Some(match &raw.ca_file {
+                Some(path) => Roots::Ca(read_ca(path).map_err(|m| e("ca_file", m))?),
+                None => Roots::Webpki,
+            })
         } else if raw.ca_file.is_some() {
             return Err(e(
                 "ca_file",
@@ -367,23 +380,31 @@ fn check_filter(f: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The rustls configuration: the CA file alone when given, else webpki's roots.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The CA file's PEM, once it is seen to hold certificates.
+fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut n = 0;
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(pem)
+}
+
+/// The rustls configuration: the CA file's certificates alone when given, else webpki's roots.
+fn tls_config(from: &Roots) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match from {
+        Roots::Ca(pem) => {
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no PEM certificate in it", path.display()));
+                let cert = cert.map_err(|e| format!("ldap.ca_file: {e}"))?;
+                roots.add(cert).map_err(|e| format!("ldap.ca_file: {e}"))?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -425,6 +446,7 @@ pub struct LdapDirectory {
     /// for them).
     want_groups: bool,
     rt: OnceLock<Result<tokio::runtime::Runtime, String>>,
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// Idle service-bound connections.
     pool: Mutex<Vec<Ldap>>,
     /// Each user's groups as the directory last said (on a sign-in or a re-check).
@@ -446,6 +468,7 @@ impl LdapDirectory {
             cfg,
             want_groups,
             rt: OnceLock::new(),
+            tls: OnceLock::new(),
             pool: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
         }
@@ -507,7 +530,12 @@ impl LdapDirectory {
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(cfg.timeout)
             .set_starttls(cfg.start_tls);
-        if let Some(tls) = &cfg.tls {
+        if let Some(roots) = &cfg.tls {
+            let tls = self
+                .tls
+                .get_or_init(|| tls_config(roots))
+                .as_ref()
+                .map_err(|e| DirectoryError(e.clone()))?;
             settings = settings.set_config(Arc::clone(tls));
         }
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &cfg.url)
@@ -694,12 +722,14 @@ impl LdapDirectory {
             return g.clone();
         }
         let _ = self.lookup(user, Instant::now() + self.cfg.timeout);
+        // Not known (the directory down, or no such user): none until the session's next
+        // re-check reads them, rather than a search per request.
         self.groups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .cloned()
-            .unwrap_or_default()
+            .entry(user.to_string())
+            .or_default()
+            .clone()
     }
 
     /// How many entries the user filter finds with `{username}` as `*` (unescaped): for
