@@ -20,7 +20,8 @@ use crate::limits::{self, store_error};
 use crate::password::{self, Credential};
 use crate::policy::{DirectoryPolicy, Policy};
 use crate::ports::{
-    Clock, Directory, DirectoryAnswer, DirectoryError, DuoApi, Entry, LockToken, Store, Wait,
+    Clock, Directory, DirectoryAnswer, DirectoryCheck, DirectoryError, DuoApi, Entry, LockToken,
+    Store, Wait,
 };
 use crate::request::Request;
 use crate::totp;
@@ -112,6 +113,8 @@ struct Subject<'r> {
     client: Option<String>,
     /// The password as far as sessions are bound to it ("" when they are not).
     password: &'r str,
+    /// A directory user's stamp (see [`DirectoryCheck::stamp`]), once the directory gave it.
+    stamp: std::cell::RefCell<Option<String>>,
 }
 
 impl<'a> Gate<'a> {
@@ -147,6 +150,7 @@ impl<'a> Gate<'a> {
                 .map(|t| self.policy.keys.session_id(t.expose())),
             client: req.client_key(self.policy.limits.ipv6_prefix),
             password,
+            stamp: std::cell::RefCell::new(None),
         }
     }
 
@@ -272,9 +276,38 @@ impl<'a> Gate<'a> {
         if let Some(d) = self.refuse_without_password(req) {
             return d;
         }
-        let mut d = self.after_password(&self.subject(req), requested);
+        let s = self.subject(req);
+        if let Err(d) = self.stamp_of(&s) {
+            return d;
+        }
+        let mut d = self.after_password(&s, requested);
         d.password_verified = true;
         d
+    }
+
+    /// A directory user whose password was checked earlier in the sign-in: the stamp of the
+    /// entry now (a lookup), for the session's tag; the user gone or the directory down denies.
+    fn stamp_of(&self, s: &Subject<'_>) -> Result<(), Decision> {
+        let (Source::Directory(dp), Some(dir)) = (self.source(&s.req.user), self.directory) else {
+            return Ok(());
+        };
+        let deadline = self.clock.monotonic() + dp.timeout;
+        match dir.lookup(&s.req.user, deadline) {
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                stamp,
+            }) => {
+                *s.stamp.borrow_mut() = Some(stamp);
+                Ok(())
+            }
+            Ok(_) => Err(Decision::deny(
+                Event::UnknownUser,
+                "no longer in the directory (or excluded by its filter)",
+            )),
+            Err(e) => Err(directory_unavailable(format_args!(
+                "directory unavailable: {e}"
+            ))),
+        }
     }
 
     /// A second factor another party checked (Duo's Universal Prompt, whose answer the front-end
@@ -287,13 +320,18 @@ impl<'a> Gate<'a> {
             return d;
         }
         let s = self.subject(req);
+        if d.granted() {
+            if let Err(deny) = self.stamp_of(&s) {
+                return deny;
+            }
+        }
         let id = s.session.clone().unwrap_or_default();
         let own = OwnPush {
             txid: String::new(),
             call: false,
             session_lock: None,
             user_lock: None,
-            tag: self.tag_for(&s.req.user, s.password),
+            tag: self.tag_for(&s),
             started_ms,
         };
         self.finish_factor(&s, &id, d, &own)
@@ -487,7 +525,7 @@ impl<'a> Gate<'a> {
         let result = match self.source(&s.req.user) {
             Source::Config(cred) => factor::check_password(cred, password)
                 .ok_or_else(|| Decision::deny(Event::PasswordFailure, "wrong password")),
-            Source::Directory(dp) => self.directory_password(dp, &s.req.user, password),
+            Source::Directory(dp) => self.directory_password(dp, s, password),
             Source::Unknown => {
                 password::verify_unknown_user(password);
                 Err(Decision::deny(Event::UnknownUser, "unknown user"))
@@ -539,7 +577,7 @@ impl<'a> Gate<'a> {
             call: false,
             session_lock,
             user_lock: None,
-            tag: self.tag_for(&s.req.user, s.password),
+            tag: self.tag_for(s),
             started_ms: self.clock.unix_ms(),
         };
         if matches!(requested, Requested::Passcode(_) | Requested::Sms) && !id.is_empty() {
@@ -832,10 +870,14 @@ impl<'a> Gate<'a> {
 
     /// The tag of a new approval of `user` (under the current key). A directory user's tag
     /// carries the time the directory accepted the user (now: the password was just checked).
-    fn tag_for(&self, user: &str, password: &str) -> String {
+    fn tag_for(&self, s: &Subject<'_>) -> String {
+        let (user, password) = (s.req.user.as_str(), s.password);
         match self.source(user) {
             Source::Config(cred) => self.policy.keys.tag(user, password, cred.fingerprint()),
-            Source::Directory(_) => self.directory_tag(user, password, self.clock.unix()),
+            Source::Directory(_) => {
+                let stamp = stamp_digest(s.stamp.borrow().as_deref().unwrap_or(""));
+                self.directory_tag(user, password, self.clock.unix(), &stamp)
+            }
             Source::Unknown => self.policy.keys.tag(user, password, ""),
         }
     }
@@ -843,28 +885,29 @@ impl<'a> Gate<'a> {
     /// The tag of `entry` under the current key: a directory user's keeps the time the
     /// directory last accepted the user (moving a session to the new key is no re-check).
     fn retag(&self, entry: &Entry, password: &str) -> String {
-        if let Source::Directory(_) = self.source(&entry.user) {
-            let checked = entry
-                .tag
-                .strip_prefix('d')
-                .and_then(|t| t.split_once('.'))
-                .and_then(|(c, _)| c.parse::<i64>().ok());
-            if let Some(checked) = checked {
-                return self.directory_tag(&entry.user, password, checked);
+        match (self.source(&entry.user), parse_directory_tag(&entry.tag)) {
+            (Source::Directory(_), Some((checked, stamp, _))) => {
+                self.directory_tag(&entry.user, password, checked, stamp)
             }
+            (Source::Config(cred), _) => {
+                self.policy
+                    .keys
+                    .tag(&entry.user, password, cred.fingerprint())
+            }
+            _ => self.policy.keys.tag(&entry.user, password, ""),
         }
-        self.tag_for(&entry.user, password)
     }
 
-    /// `d{checked}.{tag}`: the tag over user, password and the time `checked` (Unix seconds)
-    /// the directory last accepted the user. The time is in the clear, and the keyed tag covers
-    /// it: whoever can write the store cannot move it.
-    fn directory_tag(&self, user: &str, password: &str, checked: i64) -> String {
+    /// `d{checked}.{stamp}.{tag}`: the tag over user, password, the time `checked` (Unix
+    /// seconds) the directory last accepted the user and the digest of the entry's stamp. Time
+    /// and stamp are in the clear, and the keyed tag covers them: whoever can write the store
+    /// can move neither.
+    fn directory_tag(&self, user: &str, password: &str, checked: i64, stamp: &str) -> String {
         let mac = self
             .policy
             .keys
-            .tag(user, password, &format!("directory:{checked}"));
-        format!("d{checked}.{mac}")
+            .tag(user, password, &format!("directory:{checked}:{stamp}"));
+        format!("d{checked}.{stamp}.{mac}")
     }
 
     fn directory_tag_state(
@@ -874,15 +917,10 @@ impl<'a> Gate<'a> {
         password: &str,
         now: i64,
     ) -> DirectoryTag {
-        let Some((checked, mac)) = entry
-            .tag
-            .strip_prefix('d')
-            .and_then(|t| t.split_once('.'))
-            .and_then(|(c, m)| Some((c.parse::<i64>().ok()?, m)))
-        else {
+        let Some((checked, stamp, mac)) = parse_directory_tag(&entry.tag) else {
             return DirectoryTag::Wrong;
         };
-        let credential = format!("directory:{checked}");
+        let credential = format!("directory:{checked}:{stamp}");
         if !self
             .policy
             .keys
@@ -903,21 +941,36 @@ impl<'a> Gate<'a> {
     fn directory_password(
         &self,
         dp: &DirectoryPolicy,
-        user: &str,
+        s: &Subject<'_>,
         password: &str,
     ) -> Result<Requested, Decision> {
         let deadline = self.clock.monotonic() + dp.timeout;
-        match self.directory_bind(user, password, deadline) {
-            Ok((DirectoryAnswer::Valid, requested)) => Ok(requested),
-            Ok((DirectoryAnswer::UnknownUser, _)) => Err(Decision::deny(
+        match self.directory_bind(&s.req.user, password, deadline) {
+            Ok((
+                DirectoryCheck {
+                    answer: DirectoryAnswer::Valid,
+                    stamp,
+                },
+                requested,
+            )) => {
+                *s.stamp.borrow_mut() = Some(stamp);
+                Ok(requested)
+            }
+            Ok((
+                DirectoryCheck {
+                    answer: DirectoryAnswer::UnknownUser,
+                    ..
+                },
+                _,
+            )) => Err(Decision::deny(
                 Event::UnknownUser,
                 "unknown user (not in the directory, or excluded by its filter)",
             )),
-            Ok((DirectoryAnswer::WrongPassword, _)) if password.is_empty() => Err(Decision::deny(
+            Ok((_, _)) if password.is_empty() => Err(Decision::deny(
                 Event::PasswordFailure,
                 "empty password (never sent to the directory)",
             )),
-            Ok((DirectoryAnswer::WrongPassword, _)) => Err(Decision::deny(
+            Ok((_, _)) => Err(Decision::deny(
                 Event::PasswordFailure,
                 "wrong password (the directory refused the bind)",
             )),
@@ -934,7 +987,7 @@ impl<'a> Gate<'a> {
         user: &str,
         password: &str,
         deadline: std::time::Instant,
-    ) -> Result<(DirectoryAnswer, Requested), DirectoryError> {
+    ) -> Result<(DirectoryCheck, Requested), DirectoryError> {
         let Some(dir) = self.directory else {
             return Err(DirectoryError("no directory client configured".into()));
         };
@@ -947,12 +1000,15 @@ impl<'a> Gate<'a> {
             if pw.is_empty() {
                 continue;
             }
-            match dir.verify(user, pw, deadline)? {
-                DirectoryAnswer::WrongPassword => {}
-                answer => return Ok((answer, requested)),
+            let check = dir.verify(user, pw, deadline)?;
+            if check.answer != DirectoryAnswer::WrongPassword {
+                return Ok((check, requested));
             }
         }
-        Ok((DirectoryAnswer::WrongPassword, Requested::Default))
+        Ok((
+            DirectoryCheck::new(DirectoryAnswer::WrongPassword, ""),
+            Requested::Default,
+        ))
     }
 
     /// A directory user's session whose tag is right but due for its re-check: ask the
@@ -992,9 +1048,23 @@ impl<'a> Gate<'a> {
                 None => Err(DirectoryError("no directory client configured".into())),
             }
         };
+        let stamp = parse_directory_tag(&entry.tag).map_or("", |(_, st, _)| st);
         match answer {
-            Ok(DirectoryAnswer::Valid) => {
-                entry.tag = self.directory_tag(&entry.user, s.password, now);
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                stamp: now_stamp,
+            }) if stamp_digest(&now_stamp) != stamp => {
+                let _ = self.store.delete(id);
+                Warm::Miss(Some(
+                    "the user's entry changed in the directory (its stamp): session ended".into(),
+                ))
+            }
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                ..
+            }) => {
+                let stamp = stamp.to_string();
+                entry.tag = self.directory_tag(&entry.user, s.password, now, &stamp);
                 let ttl = self.entry_ttl(&entry, now);
                 let mut d = Decision::grant(Event::CacheHit, "cached session")
                     .for_user(&entry.user);
@@ -1086,6 +1156,24 @@ impl<'a> Gate<'a> {
         // A failed refresh only shortens the session: not worth a deny.
         let _ = self.store.put(id, &entry, ttl, now);
     }
+}
+
+/// `(checked, stamp, tag)` of a directory user's session tag.
+fn parse_directory_tag(tag: &str) -> Option<(i64, &str, &str)> {
+    let mut parts = tag.strip_prefix('d')?.splitn(3, '.');
+    let checked = parts.next()?.parse().ok()?;
+    Some((checked, parts.next()?, parts.next()?))
+}
+
+/// What a session's tag keeps of a directory stamp: a short digest (the tag stays short, and
+/// holds nothing of the entry), or nothing when there is no stamp.
+fn stamp_digest(stamp: &str) -> String {
+    use sha2::Digest as _;
+    if stamp.is_empty() {
+        return String::new();
+    }
+    let d = sha2::Sha256::digest(stamp.as_bytes());
+    hex::encode(&d[..8])
 }
 
 fn directory_unavailable(why: impl std::fmt::Display) -> Decision {

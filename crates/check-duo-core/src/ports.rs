@@ -177,6 +177,25 @@ pub enum DirectoryAnswer {
     WrongPassword,
 }
 
+/// A directory's answer, with what it knows of the user's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryCheck {
+    pub answer: DirectoryAnswer,
+    /// A value of the user's entry that changes when the password does (AD's `pwdLastSet`,
+    /// OpenLDAP's `pwdChangedTime`), empty when none is configured: a session whose stamp is
+    /// no longer the entry's ends at its re-check, also where requests carry no password.
+    pub stamp: String,
+}
+
+impl DirectoryCheck {
+    pub fn new(answer: DirectoryAnswer, stamp: impl Into<String>) -> Self {
+        DirectoryCheck {
+            answer,
+            stamp: stamp.into(),
+        }
+    }
+}
+
 /// The directory could not be asked (down, unreachable, timed out, the service bind refused):
 /// every one denies, whatever the fail mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,8 +219,8 @@ pub trait Directory: Send + Sync {
         user: &str,
         password: &str,
         deadline: Instant,
-    ) -> Result<DirectoryAnswer, DirectoryError>;
+    ) -> Result<DirectoryCheck, DirectoryError>;
     /// Whether `user` is still there and enabled ([`DirectoryAnswer::Valid`] or
     /// [`DirectoryAnswer::UnknownUser`]): the re-check of a session that carries no password.
-    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryAnswer, DirectoryError>;
+    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryCheck, DirectoryError>;
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use check_duo_core::policy::DirectoryPolicy;
-use check_duo_core::ports::{Directory, DirectoryAnswer, DirectoryError};
+use check_duo_core::ports::{Directory, DirectoryAnswer, DirectoryCheck, DirectoryError};
 use duo_auth::Secret;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions};
 use serde::Deserialize;
@@ -51,6 +51,7 @@ pub struct RawLdap {
     group_base_dn: Option<String>,
     group_filter: Option<String>,
     group_attribute: Option<String>,
+    changed_attribute: Option<String>,
     timeout: Option<u64>,
     recheck: Option<u64>,
 }
@@ -88,6 +89,9 @@ pub struct LdapConfig {
     pub user_filter: String,
     pub group_base_dn: String,
     pub groups: Groups,
+    /// An attribute of the user's entry that changes with the password (`pwdLastSet`,
+    /// `pwdChangedTime`): its value is the session's stamp.
+    pub changed_attribute: Option<String>,
     pub timeout: Duration,
     pub recheck: Duration,
 }
@@ -314,7 +318,7 @@ impl LdapConfig {
                 Groups::Filter(f.clone())
             }
             (None, Some(a)) => {
-                if a.is_empty() || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                if !attribute_name(a) {
                     return Err(e(
                         "group_attribute",
                         "not an attribute name (memberOf)".into(),
@@ -328,6 +332,14 @@ impl LdapConfig {
             return Err(e("group_base_dn", "only used with group_filter".into()));
         }
         let group_base_dn = raw.group_base_dn.clone().unwrap_or_else(|| base_dn.clone());
+        if let Some(a) = &raw.changed_attribute {
+            if !attribute_name(a) {
+                return Err(e(
+                    "changed_attribute",
+                    "not an attribute name (pwdLastSet, pwdChangedTime)".into(),
+                ));
+            }
+        }
         let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if !(1..=60).contains(&timeout) {
             return Err(e("timeout", "must be 1..=60 seconds".into()));
@@ -345,6 +357,7 @@ impl LdapConfig {
             user_filter,
             group_base_dn,
             groups,
+            changed_attribute: raw.changed_attribute.clone(),
             timeout: Duration::from_secs(timeout),
             recheck: Duration::from_secs(recheck),
         })
@@ -357,6 +370,10 @@ impl LdapConfig {
             timeout: self.timeout,
         }
     }
+}
+
+fn attribute_name(a: &str) -> bool {
+    !a.is_empty() && a.len() <= 128 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A filter is one parenthesized expression with balanced parentheses.
@@ -420,6 +437,8 @@ struct Found {
     dn: String,
     /// The group attribute's values (DNs), when groups come from one.
     member_of: Vec<String>,
+    /// `changed_attribute`'s values, joined ("" without one).
+    stamp: String,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> DirectoryError {
@@ -598,10 +617,17 @@ impl LdapDirectory {
     async fn find_on(&self, ldap: &mut Ldap, user: &str) -> Result<Option<Found>, DirectoryError> {
         let cfg = &self.cfg;
         let filter = fill(&cfg.user_filter, user, "");
-        let attrs: Vec<&str> = match &cfg.groups {
-            Groups::Attribute(a) => vec![a.as_str()],
-            _ => vec!["1.1"],
-        };
+        let mut attrs: Vec<&str> = Vec::new();
+        if let Groups::Attribute(a) = &cfg.groups {
+            attrs.push(a);
+        }
+        if let Some(a) = &cfg.changed_attribute {
+            attrs.push(a);
+        }
+        if attrs.is_empty() {
+            // No attribute, only the DN.
+            attrs.push("1.1");
+        }
         let res = ldap
             .with_search_options(SearchOptions::new().sizelimit(2))
             .search(&cfg.base_dn, Scope::Subtree, &filter, attrs)
@@ -631,18 +657,34 @@ impl LdapDirectory {
         let Some(mut entry) = found.pop() else {
             return Ok(None);
         };
-        let member_of = match &cfg.groups {
-            Groups::Attribute(a) => entry
+        let mut take = |name: &str| {
+            entry
                 .attrs
                 .iter_mut()
-                .find(|(k, _)| k.eq_ignore_ascii_case(a))
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| std::mem::take(v))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        };
+        let member_of = match &cfg.groups {
+            Groups::Attribute(a) => take(a),
             _ => Vec::new(),
+        };
+        let stamp = match &cfg.changed_attribute {
+            // Missing, it is still a value: "-" (a stamp that appears later changes it).
+            Some(a) => {
+                let v = take(a);
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join("\n")
+                }
+            }
+            None => String::new(),
         };
         Ok(Some(Found {
             dn: entry.dn,
             member_of,
+            stamp,
         }))
     }
 
@@ -788,16 +830,16 @@ impl Directory for LdapDirectory {
         user: &str,
         password: &str,
         deadline: Instant,
-    ) -> Result<DirectoryAnswer, DirectoryError> {
+    ) -> Result<DirectoryCheck, DirectoryError> {
         // Never an unauthenticated bind (RFC 4513 §5.1.2), whoever asks.
         if password.is_empty() {
-            return Ok(DirectoryAnswer::WrongPassword);
+            return Ok(DirectoryCheck::new(DirectoryAnswer::WrongPassword, ""));
         }
         self.run(deadline, async {
             let (found, mut ldap) = self.find(user).await?;
             let Some(found) = found else {
                 self.give_back(ldap);
-                return Ok(DirectoryAnswer::UnknownUser);
+                return Ok(DirectoryCheck::new(DirectoryAnswer::UnknownUser, ""));
             };
             let groups = if self.want_groups {
                 Some(self.groups_on(&mut ldap, user, &found).await?)
@@ -815,22 +857,22 @@ impl Directory for LdapDirectory {
                     if groups.is_some() {
                         self.remember_groups(user, groups);
                     }
-                    Ok(DirectoryAnswer::Valid)
+                    Ok(DirectoryCheck::new(DirectoryAnswer::Valid, found.stamp))
                 }
                 rc if server_trouble(rc) => {
                     Err(DirectoryError(format!("user bind: {}", describe(&r))))
                 }
-                _ => Ok(DirectoryAnswer::WrongPassword),
+                _ => Ok(DirectoryCheck::new(DirectoryAnswer::WrongPassword, "")),
             }
         })
     }
 
-    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryAnswer, DirectoryError> {
+    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryCheck, DirectoryError> {
         let answer = self.run(deadline, async {
             let (found, mut ldap) = self.find(user).await?;
             let Some(found) = found else {
                 self.give_back(ldap);
-                return Ok((DirectoryAnswer::UnknownUser, None));
+                return Ok(None);
             };
             let groups = if self.want_groups {
                 Some(self.groups_on(&mut ldap, user, &found).await?)
@@ -838,20 +880,19 @@ impl Directory for LdapDirectory {
                 None
             };
             self.give_back(ldap);
-            Ok((DirectoryAnswer::Valid, groups))
-        });
+            Ok(Some((found.stamp, groups)))
+        })?;
         match answer {
-            Ok((DirectoryAnswer::Valid, groups)) => {
+            Some((stamp, groups)) => {
                 if groups.is_some() {
                     self.remember_groups(user, groups);
                 }
-                Ok(DirectoryAnswer::Valid)
+                Ok(DirectoryCheck::new(DirectoryAnswer::Valid, stamp))
             }
-            Ok((other, _)) => {
+            None => {
                 self.remember_groups(user, None);
-                Ok(other)
+                Ok(DirectoryCheck::new(DirectoryAnswer::UnknownUser, ""))
             }
-            Err(e) => Err(e),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use check_duo::ldap::{LdapConfig, LdapDirectory, RawLdap};
-use check_duo_core::ports::{Directory, DirectoryAnswer};
+use check_duo_core::ports::{Directory, DirectoryAnswer, DirectoryCheck};
 use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
@@ -32,6 +32,13 @@ fn directory(section: &Value, groups: bool) -> LdapDirectory {
     let raw: RawLdap = serde_json::from_value(section.clone()).unwrap();
     let cfg = LdapConfig::from_raw(&raw).unwrap_or_else(|(k, m)| panic!("{k}: {m}"));
     LdapDirectory::new(cfg, groups)
+}
+
+/// The answer alone, without the stamp.
+fn ans(
+    r: Result<DirectoryCheck, check_duo_core::ports::DirectoryError>,
+) -> Result<DirectoryAnswer, String> {
+    r.map(|c| c.answer).map_err(|e| e.to_string())
 }
 
 fn soon() -> Instant {
@@ -66,55 +73,67 @@ fn the_directory_client_binds_escapes_and_refuses() {
     let d = directory(&ldap.section(), true);
 
     assert_eq!(
-        d.verify("alice", "pw-alice", soon()),
+        ans(d.verify("alice", "pw-alice", soon())),
         Ok(DirectoryAnswer::Valid)
     );
     assert_eq!(d.groups_of("alice"), ["admins", "staff"]);
     assert_eq!(
-        d.verify("alice", "pw-bob", soon()),
+        ans(d.verify("alice", "pw-bob", soon())),
         Ok(DirectoryAnswer::WrongPassword)
     );
     // Never an unauthenticated bind: refused before any call.
     assert_eq!(
-        d.verify("alice", "", soon()),
+        ans(d.verify("alice", "", soon())),
         Ok(DirectoryAnswer::WrongPassword)
     );
     assert_eq!(
-        d.verify("nobody", "pw-nobody", soon()),
+        ans(d.verify("nobody", "pw-nobody", soon())),
         Ok(DirectoryAnswer::UnknownUser)
     );
     // dora is in the tree, but the filter excludes disabled accounts.
     assert_eq!(
-        d.verify("dora", "pw-dora", soon()),
+        ans(d.verify("dora", "pw-dora", soon())),
         Ok(DirectoryAnswer::UnknownUser)
     );
     // Names with filter metacharacters are users like any other, found exactly.
     for user in ["o'brien*", "a(b)", "back\\slash"] {
         assert_eq!(
-            d.verify(user, &format!("pw-{user}"), soon()),
+            ans(d.verify(user, &format!("pw-{user}"), soon())),
             Ok(DirectoryAnswer::Valid),
             "{user}"
         );
-        assert_eq!(d.lookup(user, soon()), Ok(DirectoryAnswer::Valid), "{user}");
+        assert_eq!(
+            ans(d.lookup(user, soon())),
+            Ok(DirectoryAnswer::Valid),
+            "{user}"
+        );
     }
     assert_eq!(d.groups_of("o'brien*"), ["staff"]);
     // Injection attempts match nobody, whatever password.
     for name in INJECTIONS {
         for pw in ["pw-alice", "pw-o'brien*", "pw-a(b)"] {
             assert_eq!(
-                d.verify(name, pw, soon()),
+                ans(d.verify(name, pw, soon())),
                 Ok(DirectoryAnswer::UnknownUser),
                 "{name:?} with {pw}"
             );
         }
         assert_eq!(
-            d.lookup(name, soon()),
+            ans(d.lookup(name, soon())),
             Ok(DirectoryAnswer::UnknownUser),
             "{name:?}"
         );
     }
-    assert_eq!(d.lookup("alice", soon()), Ok(DirectoryAnswer::Valid));
+    assert_eq!(ans(d.lookup("alice", soon())), Ok(DirectoryAnswer::Valid));
     assert_eq!(d.check_service(), Ok(()));
+    // The stamp (`changed_attribute`) is the entry's, and changes with the password.
+    let before = d.lookup("carol", soon()).unwrap().stamp;
+    assert!(!before.is_empty() && before != "-", "{before:?}");
+    assert_eq!(d.verify("carol", "pw-carol", soon()).unwrap().stamp, before);
+    ldap.modify(&format!(
+        "dn: uid=carol,ou=people,{SUFFIX}\nchangetype: modify\nreplace: userPassword\nuserPassword: pw-carol-2\n"
+    ));
+    assert_ne!(d.lookup("carol", soon()).unwrap().stamp, before);
     // The count `config check` shows: the enabled people.
     assert_eq!(d.count_users(1000).unwrap(), (6, false));
 
@@ -147,13 +166,13 @@ fn the_directory_client_binds_escapes_and_refuses() {
     // The directory down: an error, within the deadline.
     ldap.pause();
     let started = Instant::now();
-    assert!(d.verify("alice", "pw-alice", soon()).is_err());
-    assert!(d.lookup("alice", soon()).is_err());
+    assert!(ans(d.verify("alice", "pw-alice", soon())).is_err());
+    assert!(ans(d.lookup("alice", soon())).is_err());
     assert!(started.elapsed() < Duration::from_secs(5));
     // Back: the pooled connections that died are replaced.
     ldap.resume();
     assert!(
-        wait_until(Duration::from_secs(10), || d.lookup("alice", soon())
+        wait_until(Duration::from_secs(10), || ans(d.lookup("alice", soon()))
             == Ok(DirectoryAnswer::Valid)),
         "{}",
         ldap.log()
@@ -382,6 +401,7 @@ fn serve_signs_in_directory_users_with_their_groups() {
     };
     let alice = sign_in("alice");
     let bob = sign_in("bob");
+    let carol = sign_in("carol");
     let r = ask("/private/", &alice);
     assert_eq!(
         (r.status, r.header("remote-user"), r.header("remote-groups")),
@@ -412,17 +432,27 @@ fn serve_signs_in_directory_users_with_their_groups() {
     }
     assert_eq!(sim.counters().duo_calls(), calls, "a push was sent");
 
-    // bob leaves the directory: his session ends within the re-check interval; alice's goes on.
+    // bob leaves the directory, carol's password changes (and with it the entry's stamp,
+    // `changed_attribute`): their sessions end within the re-check interval; alice's goes on.
+    assert_eq!(ask("/private/", &carol).status, 200);
     ldap.modify(&format!(
         "dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n"
     ));
-    assert!(
-        wait_until(Duration::from_secs(RECHECK + 10), || ask("/private/", &bob)
+    ldap.modify(&format!(
+        "dn: uid=carol,ou=people,{SUFFIX}\nchangetype: modify\nreplace: userPassword\nuserPassword: pw-carol-2\n"
+    ));
+    for (who, cookie) in [("bob", &bob), ("carol", &carol)] {
+        assert!(
+            wait_until(Duration::from_secs(RECHECK + 10), || ask(
+                "/private/",
+                cookie
+            )
             .status
-            == 401),
-        "bob's session outlived his entry\n{}",
-        s.log()
-    );
+                == 401),
+            "{who}'s session outlived the change\n{}",
+            s.log()
+        );
+    }
     std::thread::sleep(Duration::from_secs(RECHECK));
     assert_eq!(ask("/private/", &alice).status, 200, "{}", s.log());
     // The directory down when alice's re-check is due: 503, never a grant, logged with its

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use super::support::*;
 use crate::decision::Event;
 use crate::policy::{DirectoryPolicy, FailMode};
-use crate::ports::{Directory, DirectoryAnswer, DirectoryError};
+use crate::ports::{Directory, DirectoryAnswer, DirectoryCheck, DirectoryError};
 use crate::{Gate, Request};
 
-/// A directory of `user → password`, that can be down, recording its calls.
+/// A directory of `user → password`, that can be down, recording its calls. An entry's stamp is
+/// its password (as `pwdLastSet` would be: it changes with it).
 #[derive(Default)]
 struct FakeDirectory {
     users: Mutex<BTreeMap<String, String>>,
@@ -44,18 +45,18 @@ impl FakeDirectory {
 }
 
 impl Directory for FakeDirectory {
-    fn verify(&self, user: &str, pw: &str, _: Instant) -> Result<DirectoryAnswer, DirectoryError> {
+    fn verify(&self, user: &str, pw: &str, _: Instant) -> Result<DirectoryCheck, DirectoryError> {
         Ok(match self.answer(format!("verify:{user}:{pw}"), user)? {
-            None => DirectoryAnswer::UnknownUser,
-            Some(p) if p == pw => DirectoryAnswer::Valid,
-            Some(_) => DirectoryAnswer::WrongPassword,
+            None => DirectoryCheck::new(DirectoryAnswer::UnknownUser, ""),
+            Some(p) if p == pw => DirectoryCheck::new(DirectoryAnswer::Valid, p),
+            Some(p) => DirectoryCheck::new(DirectoryAnswer::WrongPassword, p),
         })
     }
 
-    fn lookup(&self, user: &str, _: Instant) -> Result<DirectoryAnswer, DirectoryError> {
+    fn lookup(&self, user: &str, _: Instant) -> Result<DirectoryCheck, DirectoryError> {
         Ok(match self.answer(format!("lookup:{user}"), user)? {
-            None => DirectoryAnswer::UnknownUser,
-            Some(_) => DirectoryAnswer::Valid,
+            None => DirectoryCheck::new(DirectoryAnswer::UnknownUser, ""),
+            Some(p) => DirectoryCheck::new(DirectoryAnswer::Valid, p),
         })
     }
 }
@@ -205,9 +206,50 @@ fn without_the_password_the_recheck_is_a_lookup() {
     w.advance(RECHECK);
     assert!(gate(&w, &d).authorize(&token_only).unwrap().granted());
     assert_eq!(d.calls().last().unwrap(), "lookup:carol");
-    // Removed from the directory: the session ends at the next re-check.
+    // The entry's stamp changes (a new password): the session ends at the next re-check,
+    // though the request carries no password.
+    d.users
+        .lock()
+        .unwrap()
+        .insert("carol".into(), "pw-carol-2".into());
+    w.advance(RECHECK - 1);
+    assert!(gate(&w, &d).authorize(&token_only).unwrap().granted());
+    w.advance(1);
+    assert!(gate(&w, &d).authorize(&token_only).is_none());
+    assert!(w.store.sessions().is_empty());
+    // Signed in again: removed from the directory, the session ends at the next re-check.
+    assert_grant(
+        &gate(&w, &d).drive(&carol("pw-carol-2")),
+        Event::PushApproved,
+    );
+    assert!(gate(&w, &d).authorize(&token_only).unwrap().granted());
     d.users.lock().unwrap().clear();
     w.advance(RECHECK);
     assert!(gate(&w, &d).authorize(&token_only).is_none());
     assert!(w.store.sessions().is_empty());
+}
+
+#[test]
+fn another_push_without_the_password_asks_the_directory_for_the_stamp() {
+    let w = World::with(|p| {
+        p.session.bound_to_password = false;
+        p.directory = Some(DirectoryPolicy {
+            recheck: Duration::from_secs(RECHECK),
+            timeout: Duration::from_secs(5),
+        });
+    });
+    let d = FakeDirectory::with(&[("carol", "pw-carol")]);
+    let r = Request {
+        password: None,
+        ..carol("")
+    };
+    let out = gate(&w, &d).second_factor_only(&r, crate::factor::Requested::Push);
+    assert!(out.is_pending() || out.granted(), "{out:?}");
+    assert_eq!(d.calls(), ["lookup:carol"]);
+    // Gone from the directory meanwhile: no push.
+    d.users.lock().unwrap().clear();
+    let pushes = w.duo.count("auth:");
+    let out = gate(&w, &d).second_factor_only(&r, crate::factor::Requested::Push);
+    assert_deny(&out, Event::UnknownUser);
+    assert_eq!(w.duo.count("auth:"), pushes);
 }

@@ -285,6 +285,8 @@ impl Slapd {
             "user_filter": USER_FILTER,
             "group_base_dn": format!("ou=groups,{SUFFIX}"),
             "group_filter": GROUP_FILTER,
+            // Changes with every change of the entry, the password's included.
+            "changed_attribute": "entryCSN",
             "timeout": 3,
         })
     }
