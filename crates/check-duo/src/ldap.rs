@@ -34,6 +34,8 @@ pub const DEFAULT_TIMEOUT: u64 = 5;
 /// `ldap.recheck` when not given: seconds a session of a directory user lasts before the next
 /// request asks the directory again.
 pub const DEFAULT_RECHECK: u64 = 300;
+/// `ldap.username_attribute` when not given.
+pub const DEFAULT_USERNAME_ATTRIBUTE: &str = "uid";
 /// `ldap.user_filter` when not given.
 pub const DEFAULT_USER_FILTER: &str = "(&(objectClass=inetOrgPerson)(uid={username}))";
 
@@ -48,6 +50,7 @@ pub struct RawLdap {
     bind_password_file: Option<PathBuf>,
     base_dn: String,
     user_filter: Option<String>,
+    username_attribute: Option<String>,
     group_base_dn: Option<String>,
     group_filter: Option<String>,
     group_attribute: Option<String>,
@@ -87,6 +90,9 @@ pub struct LdapConfig {
     pub bind: Option<(String, Secret)>,
     pub base_dn: String,
     pub user_filter: String,
+    /// The attribute that holds the user name (`uid`, `sAMAccountName`): the entry found must
+    /// have the name exactly as given there.
+    pub username_attribute: String,
     pub group_base_dn: String,
     pub groups: Groups,
     /// An attribute of the user's entry that changes with the password (`pwdLastSet`,
@@ -299,6 +305,16 @@ impl LdapConfig {
                 "{dn} is for group_filter; the user filter takes {username}".into(),
             ));
         }
+        let username_attribute = raw
+            .username_attribute
+            .clone()
+            .unwrap_or_else(|| DEFAULT_USERNAME_ATTRIBUTE.to_string());
+        if !attribute_name(&username_attribute) {
+            return Err(e(
+                "username_attribute",
+                "not an attribute name (uid, sAMAccountName)".into(),
+            ));
+        }
         let groups = match (&raw.group_filter, &raw.group_attribute) {
             (Some(_), Some(_)) => {
                 return Err(e(
@@ -355,6 +371,7 @@ impl LdapConfig {
             bind,
             base_dn,
             user_filter,
+            username_attribute,
             group_base_dn,
             groups,
             changed_attribute: raw.changed_attribute.clone(),
@@ -617,16 +634,12 @@ impl LdapDirectory {
     async fn find_on(&self, ldap: &mut Ldap, user: &str) -> Result<Option<Found>, DirectoryError> {
         let cfg = &self.cfg;
         let filter = fill(&cfg.user_filter, user, "");
-        let mut attrs: Vec<&str> = Vec::new();
+        let mut attrs: Vec<&str> = vec![&cfg.username_attribute];
         if let Groups::Attribute(a) = &cfg.groups {
             attrs.push(a);
         }
         if let Some(a) = &cfg.changed_attribute {
             attrs.push(a);
-        }
-        if attrs.is_empty() {
-            // No attribute, only the DN.
-            attrs.push("1.1");
         }
         let res = ldap
             .with_search_options(SearchOptions::new().sizelimit(2))
@@ -665,6 +678,12 @@ impl LdapDirectory {
                 .map(|(_, v)| std::mem::take(v))
                 .unwrap_or_default()
         };
+        // The directory matches names loosely (`ALICE`, `alice ` find alice): the name given
+        // must be the entry's, exactly, so that one user has one name in sessions, limits,
+        // rules and `Remote-User`.
+        if !take(&cfg.username_attribute).iter().any(|v| v == user) {
+            return Ok(None);
+        }
         let member_of = match &cfg.groups {
             Groups::Attribute(a) => take(a),
             _ => Vec::new(),
@@ -987,6 +1006,14 @@ mod tests {
                 "ldap.bind_password_file",
             ),
             (serde_json::json!({"timeout": 0}), "ldap.timeout"),
+            (
+                serde_json::json!({"username_attribute": "u id"}),
+                "ldap.username_attribute",
+            ),
+            (
+                serde_json::json!({"changed_attribute": "(x)"}),
+                "ldap.changed_attribute",
+            ),
             (serde_json::json!({"recheck": 0}), "ldap.recheck"),
             (
                 serde_json::json!({"ca_file": "/etc/hostname"}),

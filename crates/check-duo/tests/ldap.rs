@@ -61,6 +61,11 @@ const INJECTIONS: &[&str] = &[
     "o'brien\\2a",
     "älice",
     "alice)(|(uid=*",
+    // The directory's matching ignores case and outer spaces; the gate's names do not.
+    "ALICE",
+    "Alice",
+    "alice ",
+    " alice",
 ];
 
 #[test]
