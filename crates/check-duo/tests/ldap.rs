@@ -130,6 +130,14 @@ fn the_directory_client_binds_escapes_and_refuses() {
         );
     }
     assert_eq!(ans(d.lookup("alice", soon())), Ok(DirectoryAnswer::Valid));
+    // Lookups reuse the service connections: no new connection for each.
+    let accepted = || ldap.log().matches(" ACCEPT from ").count();
+    let before = accepted();
+    assert!(before > 0, "slapd logs its connections: {}", ldap.log());
+    for _ in 0..10 {
+        assert_eq!(ans(d.lookup("bob", soon())), Ok(DirectoryAnswer::Valid));
+    }
+    assert_eq!(accepted(), before, "{}", ldap.log());
     assert_eq!(d.check_service(), Ok(()));
     // The stamp (`changed_attribute`) is the entry's, and changes with the password.
     let before = d.lookup("carol", soon()).unwrap().stamp;
@@ -167,6 +175,25 @@ fn the_directory_client_binds_escapes_and_refuses() {
         .verify("alice", "pw-alice", soon())
         .unwrap_err();
     assert!(e.to_string().contains("service bind"), "{e}");
+
+    // A server that accepts the connection and never answers: an error by the deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut hung = ldap.section();
+    hung["url"] = json!(format!(
+        "ldap://127.0.0.1:{}",
+        silent.local_addr().unwrap().port()
+    ));
+    hung["timeout"] = json!(1);
+    let started = Instant::now();
+    let e = directory(&hung, false)
+        .verify("alice", "pw-alice", Instant::now() + Duration::from_secs(1))
+        .unwrap_err();
+    assert!(e.to_string().contains("no answer in time"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The directory down: an error, within the deadline.
     ldap.pause();
