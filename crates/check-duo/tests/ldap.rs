@@ -488,10 +488,15 @@ fn serve_signs_in_directory_users_with_their_groups() {
     std::thread::sleep(Duration::from_secs(RECHECK));
     assert_eq!(ask("/private/", &alice).status, 200, "{}", s.log());
     // The directory down when alice's re-check is due: 503, never a grant, logged with its
-    // reason; back up, her session goes on.
+    // reason; a sign-in is refused saying why, without a push; back up, her session goes on.
     std::thread::sleep(Duration::from_secs(RECHECK));
     ldap.pause();
     assert_eq!(ask("/private/", &alice).status, 503);
+    let mut jar = Jar::default();
+    let r = jar.post_password(&sign_in_url(), "alice", "pw-alice", &[("factor", "push")]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("directory cannot be reached"), "{}", r.body);
+    assert_eq!(sim.counters().duo_calls(), calls, "a push was sent");
     assert!(
         s.log().contains("event=directory_unreachable"),
         "{}",
