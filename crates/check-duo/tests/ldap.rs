@@ -150,6 +150,21 @@ fn the_directory_client_binds_escapes_and_refuses() {
     // The count `config check` shows: the enabled people.
     assert_eq!(d.count_users(1000).unwrap(), (6, false));
 
+    // Groups from an attribute of the user's entry (as `memberOf`): the first RDN of each DN.
+    let mut by_attribute = ldap.section();
+    let section = by_attribute.as_object_mut().unwrap();
+    section.remove("group_filter");
+    section.remove("group_base_dn");
+    section.insert("group_attribute".into(), json!("seeAlso"));
+    let d2 = directory(&by_attribute, true);
+    assert_eq!(
+        ans(d2.verify("alice", "pw-alice", soon())),
+        Ok(DirectoryAnswer::Valid)
+    );
+    assert_eq!(d2.groups_of("alice"), ["admins", "staff"]);
+    assert_eq!(ans(d2.lookup("bob", soon())), Ok(DirectoryAnswer::Valid));
+    assert!(d2.groups_of("bob").is_empty());
+
     // StartTLS with a CA that did not sign the server's certificate: refused.
     let mut wrong = ldap.section();
     wrong["ca_file"] = json!(ldap.wrong_ca_file);

@@ -146,7 +146,8 @@ olcAccess: {{1}}to * by dn.exact=\"{SERVICE_DN}\" read by self read by * none
 }
 
 /// The test tree: people (alice, bob, carol, `o'brien*`, `a(b)`, `back\slash`, and dora,
-/// disabled), groups (admins: alice; staff: alice, bob and `o'brien*`), the service account.
+/// disabled), groups (admins: alice; staff: alice, bob and `o'brien*`; alice's also in her
+/// `seeAlso`), the service account.
 /// Each user's password is `pw-` and the name.
 pub fn tree() -> String {
     let person = |rdn: &str, uid: &str, extra: &str| {
@@ -196,7 +197,13 @@ userPassword: {SERVICE_PW}
 
 "
     );
-    t += &person("alice", "alice", "");
+    // `seeAlso` (a DN attribute of the core schema) lists alice's groups as `memberOf` would
+    // with the overlay: for `ldap.group_attribute`.
+    t += &person(
+        "alice",
+        "alice",
+        &format!("seeAlso: cn=admins,ou=groups,{SUFFIX}\nseeAlso: cn=staff,ou=groups,{SUFFIX}\n"),
+    );
     t += &person("bob", "bob", "");
     t += &person("carol", "carol", "");
     t += &person("o'brien*", "o'brien*", "");
