@@ -15,16 +15,18 @@ CHECK_DUO_DEMO_SERVE_PACKAGES=(nginx apache2-utils)
 # memory in the benches and the fault tests), wrk (the load of the fault tests), lintian (the
 # package test fails on any lintian error or warning) and systemd (its systemd-analyze verifies
 # check-duo-serve.service in the package test; the unit is not started), and nginx and caddy
-# (the proxies in front of check-duo serve in tests/serve_proxies.rs; and haproxy, same).
+# (the proxies in front of check-duo serve in tests/serve_proxies.rs; and haproxy, same), and
+# OpenLDAP's slapd with ldap-utils (tests/ldap.rs builds a directory of its own with slapadd,
+# runs slapd unprivileged on a loopback port and changes entries with ldapmodify).
 CHECK_DUO_PACKAGES=(
   "${CHECK_DUO_DEMO_PACKAGES[@]}"
   redis-server redis-sentinel chromium chromium-driver ca-certificates sudo time wrk
-  lintian systemd nginx caddy haproxy
+  lintian systemd nginx caddy haproxy slapd ldap-utils
 )
 
 # The services Debian starts when those packages are installed, where it can. Every test starts
 # its own servers on loopback ports, so the packaged ones are stopped.
-CHECK_DUO_SERVICES=(redis-server redis-sentinel apache2 nginx caddy haproxy)
+CHECK_DUO_SERVICES=(redis-server redis-sentinel apache2 nginx caddy haproxy slapd)
 
 # Print, one a line, the packages named (default: CHECK_DUO_PACKAGES) that are not installed.
 missing_packages() {

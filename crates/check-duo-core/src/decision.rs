@@ -67,6 +67,8 @@ pub enum Event {
     PromptApproved,
     /// Duo's Universal Prompt did not approve it, or its answer was not valid.
     PromptDenied,
+    /// The user directory (LDAP) could not be asked: denied, whatever the fail mode.
+    DirectoryUnreachable,
 }
 
 impl Event {
@@ -108,6 +110,7 @@ impl Event {
             Event::NoSession => "no_session",
             Event::PromptApproved => "prompt_approved",
             Event::PromptDenied => "prompt_denied",
+            Event::DirectoryUnreachable => "directory_unreachable",
         }
     }
 }

@@ -18,8 +18,11 @@ use crate::factor::{self, Requested};
 use crate::keys;
 use crate::limits::{self, store_error};
 use crate::password::{self, Credential};
-use crate::policy::Policy;
-use crate::ports::{Clock, DuoApi, Entry, LockToken, Store, Wait};
+use crate::policy::{DirectoryPolicy, Policy};
+use crate::ports::{
+    Clock, Directory, DirectoryAnswer, DirectoryCheck, DirectoryError, DuoApi, Entry, LockToken,
+    Store, Wait,
+};
 use crate::request::Request;
 use crate::totp;
 
@@ -67,6 +70,29 @@ pub struct Gate<'a> {
     pub duo: &'a dyn DuoApi,
     pub clock: &'a dyn Clock,
     pub wait: &'a dyn Wait,
+    /// The user directory, where the policy has one (`Policy::directory`).
+    pub directory: Option<&'a dyn Directory>,
+}
+
+/// Where a user's password is checked.
+enum Source<'p> {
+    /// The config (or the htpasswd file) lists the user.
+    Config(&'p Credential),
+    /// The directory is asked (the config does not list the user).
+    Directory(&'p DirectoryPolicy),
+    /// Nowhere: an unknown user.
+    Unknown,
+}
+
+/// A directory user's session tag, as [`Gate::approved`] sees it.
+#[derive(PartialEq, Eq)]
+enum DirectoryTag {
+    /// The tag is right and the directory accepted the user less than `recheck` ago.
+    Fresh,
+    /// The tag is right, but the directory is due to be asked again.
+    Due,
+    /// Not this user's and password's tag.
+    Wrong,
 }
 
 /// What the warm path found.
@@ -87,9 +113,22 @@ struct Subject<'r> {
     client: Option<String>,
     /// The password as far as sessions are bound to it ("" when they are not).
     password: &'r str,
+    /// A directory user's stamp (see [`DirectoryCheck::stamp`]), once the directory gave it.
+    stamp: std::cell::RefCell<Option<String>>,
 }
 
 impl<'a> Gate<'a> {
+    /// Where `user`'s password is checked: the config first, then the directory.
+    fn source(&self, user: &str) -> Source<'a> {
+        if let Some(cred) = self.policy.users.get(user) {
+            return Source::Config(cred);
+        }
+        match &self.policy.directory {
+            Some(dp) if !user.is_empty() => Source::Directory(dp),
+            _ => Source::Unknown,
+        }
+    }
+
     fn caching(&self) -> bool {
         !self.policy.session.expiry.is_zero()
     }
@@ -111,6 +150,7 @@ impl<'a> Gate<'a> {
                 .map(|t| self.policy.keys.session_id(t.expose())),
             client: req.client_key(self.policy.limits.ipv6_prefix),
             password,
+            stamp: std::cell::RefCell::new(None),
         }
     }
 
@@ -131,7 +171,7 @@ impl<'a> Gate<'a> {
             return Warm::Miss(None);
         };
         let bound = self.policy.session.bound_to_password;
-        if !self.caching() || (bound && !self.policy.users.contains_key(&req.user)) {
+        if !self.caching() || (bound && matches!(self.source(&req.user), Source::Unknown)) {
             return Warm::Miss(None);
         }
         let now = self.clock.unix();
@@ -150,12 +190,12 @@ impl<'a> Gate<'a> {
             }
         }
         let Some((older, old_key, mut entry)) = found else {
-            return Warm::Miss(None);
+            return self.recheck_directory(req, &s, id, now);
         };
         let mut notes = Vec::new();
         if older {
             // Filed under a key being retired: move it under the current one.
-            entry.tag = self.tag_for(&entry.user, s.password);
+            entry.tag = self.retag(&entry, s.password);
             let ttl = self.entry_ttl(&entry, now);
             match self.store.put(id, &entry, ttl, now) {
                 Ok(()) => {
@@ -236,9 +276,38 @@ impl<'a> Gate<'a> {
         if let Some(d) = self.refuse_without_password(req) {
             return d;
         }
-        let mut d = self.after_password(&self.subject(req), requested);
+        let s = self.subject(req);
+        if let Err(d) = self.stamp_of(&s) {
+            return d;
+        }
+        let mut d = self.after_password(&s, requested);
         d.password_verified = true;
         d
+    }
+
+    /// A directory user whose password was checked earlier in the sign-in: the stamp of the
+    /// entry now (a lookup), for the session's tag; the user gone or the directory down denies.
+    fn stamp_of(&self, s: &Subject<'_>) -> Result<(), Decision> {
+        let (Source::Directory(dp), Some(dir)) = (self.source(&s.req.user), self.directory) else {
+            return Ok(());
+        };
+        let deadline = self.clock.monotonic() + dp.timeout;
+        match dir.lookup(&s.req.user, deadline) {
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                stamp,
+            }) => {
+                *s.stamp.borrow_mut() = Some(stamp);
+                Ok(())
+            }
+            Ok(_) => Err(Decision::deny(
+                Event::UnknownUser,
+                "no longer in the directory (or excluded by its filter)",
+            )),
+            Err(e) => Err(directory_unavailable(format_args!(
+                "directory unavailable: {e}"
+            ))),
+        }
     }
 
     /// A second factor another party checked (Duo's Universal Prompt, whose answer the front-end
@@ -251,13 +320,18 @@ impl<'a> Gate<'a> {
             return d;
         }
         let s = self.subject(req);
+        if d.granted() {
+            if let Err(deny) = self.stamp_of(&s) {
+                return deny;
+            }
+        }
         let id = s.session.clone().unwrap_or_default();
         let own = OwnPush {
             txid: String::new(),
             call: false,
             session_lock: None,
             user_lock: None,
-            tag: self.tag_for(&s.req.user, s.password),
+            tag: self.tag_for(&s),
             started_ms,
         };
         self.finish_factor(&s, &id, d, &own)
@@ -271,7 +345,7 @@ impl<'a> Gate<'a> {
                 "a second factor without the password, where sessions are bound to it",
             ));
         }
-        if !self.policy.users.contains_key(&req.user) {
+        if matches!(self.source(&req.user), Source::Unknown) {
             return Some(Decision::deny(Event::UnknownUser, "unknown user"));
         }
         None
@@ -448,10 +522,11 @@ impl<'a> Gate<'a> {
         let attempt = self.reserve(s)?;
         let started = self.clock.monotonic();
         let password = s.req.password.as_ref().map_or("", |p| p.expose());
-        let result = match self.policy.users.get(&s.req.user) {
-            Some(cred) => factor::check_password(cred, password)
+        let result = match self.source(&s.req.user) {
+            Source::Config(cred) => factor::check_password(cred, password)
                 .ok_or_else(|| Decision::deny(Event::PasswordFailure, "wrong password")),
-            None => {
+            Source::Directory(dp) => self.directory_password(dp, s, password),
+            Source::Unknown => {
                 password::verify_unknown_user(password);
                 Err(Decision::deny(Event::UnknownUser, "unknown user"))
             }
@@ -460,6 +535,11 @@ impl<'a> Gate<'a> {
             Ok(requested) => {
                 limits::give_back(self.store, attempt, now);
                 Ok(requested)
+            }
+            // Not the user's failure: not counted, not delayed.
+            Err(deny) if deny.event == Event::DirectoryUnreachable => {
+                limits::give_back(self.store, attempt, now);
+                Err(deny)
             }
             Err(deny) => {
                 let (deny, failures) =
@@ -497,7 +577,7 @@ impl<'a> Gate<'a> {
             call: false,
             session_lock,
             user_lock: None,
-            tag: self.tag_for(&s.req.user, s.password),
+            tag: self.tag_for(s),
             started_ms: self.clock.unix_ms(),
         };
         if matches!(requested, Requested::Passcode(_) | Requested::Sms) && !id.is_empty() {
@@ -789,14 +869,225 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// The tag of a new approval of `user` (under the current key).
-    fn tag_for(&self, user: &str, password: &str) -> String {
-        let fingerprint = self
+    /// The tag of a new approval of `user` (under the current key). A directory user's tag
+    /// carries the time the directory accepted the user (now: the password was just checked).
+    fn tag_for(&self, s: &Subject<'_>) -> String {
+        let (user, password) = (s.req.user.as_str(), s.password);
+        match self.source(user) {
+            Source::Config(cred) => self.policy.keys.tag(user, password, cred.fingerprint()),
+            Source::Directory(_) => {
+                let stamp = stamp_digest(s.stamp.borrow().as_deref().unwrap_or(""));
+                self.directory_tag(user, password, self.clock.unix(), &stamp)
+            }
+            Source::Unknown => self.policy.keys.tag(user, password, ""),
+        }
+    }
+
+    /// The tag of `entry` under the current key: a directory user's keeps the time the
+    /// directory last accepted the user (moving a session to the new key is no re-check).
+    fn retag(&self, entry: &Entry, password: &str) -> String {
+        match (self.source(&entry.user), parse_directory_tag(&entry.tag)) {
+            (Source::Directory(_), Some((checked, stamp, _))) => {
+                self.directory_tag(&entry.user, password, checked, stamp)
+            }
+            (Source::Config(cred), _) => {
+                self.policy
+                    .keys
+                    .tag(&entry.user, password, cred.fingerprint())
+            }
+            _ => self.policy.keys.tag(&entry.user, password, ""),
+        }
+    }
+
+    /// `d{checked}.{stamp}.{tag}`: the tag over user, password, the time `checked` (Unix
+    /// seconds) the directory last accepted the user and the digest of the entry's stamp. Time
+    /// and stamp are in the clear, and the keyed tag covers them: whoever can write the store
+    /// can move neither.
+    fn directory_tag(&self, user: &str, password: &str, checked: i64, stamp: &str) -> String {
+        let mac = self
             .policy
-            .users
-            .get(user)
-            .map_or("", Credential::fingerprint);
-        self.policy.keys.tag(user, password, fingerprint)
+            .keys
+            .tag(user, password, &format!("directory:{checked}:{stamp}"));
+        format!("d{checked}.{stamp}.{mac}")
+    }
+
+    fn directory_tag_state(
+        &self,
+        dp: &DirectoryPolicy,
+        entry: &Entry,
+        password: &str,
+        now: i64,
+    ) -> DirectoryTag {
+        let Some((checked, stamp, mac)) = parse_directory_tag(&entry.tag) else {
+            return DirectoryTag::Wrong;
+        };
+        let credential = format!("directory:{checked}:{stamp}");
+        if !self
+            .policy
+            .keys
+            .tag_matches(mac, &entry.user, password, &credential)
+        {
+            return DirectoryTag::Wrong;
+        }
+        if secs(now.saturating_sub(checked)) < dp.recheck {
+            DirectoryTag::Fresh
+        } else {
+            DirectoryTag::Due
+        }
+    }
+
+    /// A directory user's password: a bind as the user (with the factor suffix split off, then
+    /// whole, as for the config's users). An empty password is refused here, before any call:
+    /// to a directory it would be an unauthenticated bind, which many servers accept.
+    fn directory_password(
+        &self,
+        dp: &DirectoryPolicy,
+        s: &Subject<'_>,
+        password: &str,
+    ) -> Result<Requested, Decision> {
+        let deadline = self.clock.monotonic() + dp.timeout;
+        match self.directory_bind(&s.req.user, password, deadline) {
+            Ok((
+                DirectoryCheck {
+                    answer: DirectoryAnswer::Valid,
+                    stamp,
+                },
+                requested,
+            )) => {
+                *s.stamp.borrow_mut() = Some(stamp);
+                Ok(requested)
+            }
+            Ok((
+                DirectoryCheck {
+                    answer: DirectoryAnswer::UnknownUser,
+                    ..
+                },
+                _,
+            )) => Err(Decision::deny(
+                Event::UnknownUser,
+                "unknown user (not in the directory, or excluded by its filter)",
+            )),
+            Ok((_, _)) if password.is_empty() => Err(Decision::deny(
+                Event::PasswordFailure,
+                "empty password (never sent to the directory)",
+            )),
+            Ok((_, _)) => Err(Decision::deny(
+                Event::PasswordFailure,
+                "wrong password (the directory refused the bind)",
+            )),
+            Err(e) => Err(directory_unavailable(format_args!(
+                "directory unavailable: {e}"
+            ))),
+        }
+    }
+
+    /// Bind as `user` with `password`, its factor suffix split off first; the answer and the
+    /// factor asked for. Never sends an empty password.
+    fn directory_bind(
+        &self,
+        user: &str,
+        password: &str,
+        deadline: std::time::Instant,
+    ) -> Result<(DirectoryCheck, Requested), DirectoryError> {
+        let Some(dir) = self.directory else {
+            return Err(DirectoryError("no directory client configured".into()));
+        };
+        let mut tries = Vec::with_capacity(2);
+        if let Some((base, requested)) = factor::split(password) {
+            tries.push((base, requested));
+        }
+        tries.push((password, Requested::Default));
+        for (pw, requested) in tries {
+            if pw.is_empty() {
+                continue;
+            }
+            let check = dir.verify(user, pw, deadline)?;
+            if check.answer != DirectoryAnswer::WrongPassword {
+                return Ok((check, requested));
+            }
+        }
+        Ok((
+            DirectoryCheck::new(DirectoryAnswer::WrongPassword, ""),
+            Requested::Default,
+        ))
+    }
+
+    /// A directory user's session whose tag is right but due for its re-check: ask the
+    /// directory again (a bind with the password where sessions are bound to it, a lookup of
+    /// the user where they are not). Accepted: the session goes on under a new tag. Refused:
+    /// the session ends. The directory down: a deny that says so.
+    fn recheck_directory(&self, req: &Request, s: &Subject<'_>, id: &str, now: i64) -> Warm {
+        let Some(dp) = &self.policy.directory else {
+            return Warm::Miss(None);
+        };
+        let mut entry = match self.store.get(id, now) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Warm::Miss(None),
+            Err(e) => return Warm::Fail(store_error(e)),
+        };
+        let session = &self.policy.session;
+        let bound = session.bound_to_password;
+        let any_user = req.user.is_empty() && !bound;
+        let age = now.saturating_sub(entry.approved_at);
+        let idle = now.saturating_sub(entry.last_seen.max(entry.approved_at));
+        if !(any_user || entry.user == req.user)
+            || !matches!(self.source(&entry.user), Source::Directory(_))
+            || self.directory_tag_state(dp, &entry, s.password, now) != DirectoryTag::Due
+            || secs(age) >= session.expiry
+            || session.idle_timeout.is_some_and(|t| secs(idle) >= t)
+            || !self.in_network(&entry, req)
+        {
+            return Warm::Miss(None);
+        }
+        let deadline = self.clock.monotonic() + dp.timeout;
+        let answer = if bound {
+            self.directory_bind(&entry.user, s.password, deadline)
+                .map(|(a, _)| a)
+        } else {
+            match self.directory {
+                Some(dir) => dir.lookup(&entry.user, deadline),
+                None => Err(DirectoryError("no directory client configured".into())),
+            }
+        };
+        let stamp = parse_directory_tag(&entry.tag).map_or("", |(_, st, _)| st);
+        match answer {
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                stamp: now_stamp,
+            }) if stamp_digest(&now_stamp) != stamp => {
+                let _ = self.store.delete(id);
+                Warm::Miss(Some(
+                    "the user's entry changed in the directory (its stamp): session ended".into(),
+                ))
+            }
+            Ok(DirectoryCheck {
+                answer: DirectoryAnswer::Valid,
+                ..
+            }) => {
+                let stamp = stamp.to_string();
+                entry.tag = self.directory_tag(&entry.user, s.password, now, &stamp);
+                let ttl = self.entry_ttl(&entry, now);
+                let mut d = Decision::grant(Event::CacheHit, "cached session")
+                    .for_user(&entry.user);
+                d.note("re-checked with the directory");
+                if let Err(e) = self.store.put(id, &entry, ttl, now) {
+                    d.note(format_args!("re-check not stored: {e}"));
+                }
+                Warm::Hit(d)
+            }
+            Ok(_) => {
+                let _ = self.store.delete(id);
+                Warm::Miss(Some(
+                    "the directory no longer accepts this user or password: session ended".into(),
+                ))
+            }
+            Err(e) => Warm::Fail(
+                directory_unavailable(format_args!(
+                    "the session is due for its directory re-check, and the directory is unavailable: {e}"
+                ))
+                .for_user(&entry.user),
+            ),
+        }
     }
 
     /// The approval of session `id` for this user (any user, when sessions are not bound to the
@@ -816,14 +1107,19 @@ impl<'a> Gate<'a> {
         Ok(entry.filter(|e| {
             let age = now.saturating_sub(e.approved_at);
             let idle = now.saturating_sub(e.last_seen.max(e.approved_at));
-            let Some(cred) = self.policy.users.get(&e.user) else {
-                return false;
+            let tag_ok = match self.source(&e.user) {
+                Source::Config(cred) => {
+                    self.policy
+                        .keys
+                        .tag_matches(&e.tag, &e.user, password, cred.fingerprint())
+                }
+                Source::Directory(dp) => {
+                    self.directory_tag_state(dp, e, password, now) == DirectoryTag::Fresh
+                }
+                Source::Unknown => false,
             };
             (any_user || e.user == user)
-                && self
-                    .policy
-                    .keys
-                    .tag_matches(&e.tag, &e.user, password, cred.fingerprint())
+                && tag_ok
                 // Whole seconds, as the stores count: a lifetime of n s lasts between n - 1 and n.
                 && secs(age) < session.expiry
                 && session.idle_timeout.is_none_or(|t| secs(idle) < t)
@@ -876,6 +1172,28 @@ pub fn factor_used(d: &Decision, own: &OwnPush) -> &'static str {
         Event::PreauthAllow => "preauth_allow",
         _ => "",
     }
+}
+
+/// `(checked, stamp, tag)` of a directory user's session tag.
+fn parse_directory_tag(tag: &str) -> Option<(i64, &str, &str)> {
+    let mut parts = tag.strip_prefix('d')?.splitn(3, '.');
+    let checked = parts.next()?.parse().ok()?;
+    Some((checked, parts.next()?, parts.next()?))
+}
+
+/// What a session's tag keeps of a directory stamp: a short digest (the tag stays short, and
+/// holds nothing of the entry), or nothing when there is no stamp.
+fn stamp_digest(stamp: &str) -> String {
+    use sha2::Digest as _;
+    if stamp.is_empty() {
+        return String::new();
+    }
+    let d = sha2::Sha256::digest(stamp.as_bytes());
+    hex::encode(&d[..8])
+}
+
+fn directory_unavailable(why: impl std::fmt::Display) -> Decision {
+    Decision::deny(Event::DirectoryUnreachable, why.to_string())
 }
 
 fn secs(s: i64) -> Duration {

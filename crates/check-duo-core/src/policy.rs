@@ -148,6 +148,18 @@ impl Default for FactorPolicy {
     }
 }
 
+/// Users from a directory ([`crate::ports::Directory`]): those the config does not list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryPolicy {
+    /// A session of a directory user is good for this long after the directory last accepted
+    /// the user; the next request after it asks the directory again (a bind with the password
+    /// where requests carry it, a lookup of the user where they do not) and the session ends if
+    /// the directory no longer accepts the user.
+    pub recheck: Duration,
+    /// The deadline of each directory check (connect, TLS, binds and searches together).
+    pub timeout: Duration,
+}
+
 /// Everything the rules decide with.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -160,6 +172,8 @@ pub struct Policy {
     pub factor: FactorPolicy,
     /// A grant whose audit record could not be written becomes a deny.
     pub audit_required: bool,
+    /// Users the config does not list are asked of the directory (the gate's `directory` port).
+    pub directory: Option<DirectoryPolicy>,
 }
 
 impl Policy {
@@ -173,6 +187,7 @@ impl Policy {
             limits: Limits::default(),
             factor: FactorPolicy::default(),
             audit_required: false,
+            directory: None,
         }
     }
 }

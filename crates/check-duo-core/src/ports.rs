@@ -177,3 +177,62 @@ pub trait Wait: Send + Sync {
 pub trait AuditSink {
     fn write(&self, record: &crate::finish::Record<'_>) -> Result<(), String>;
 }
+
+/// What a user directory (LDAP, Active Directory) says of a user and a password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectoryAnswer {
+    /// The user is there (and enabled), and the password, when one was asked about, is theirs.
+    Valid,
+    /// No such user, or not exactly one, or one the directory's filter excludes (disabled).
+    UnknownUser,
+    /// The user is there; the bind with this password was refused.
+    WrongPassword,
+}
+
+/// A directory's answer, with what it knows of the user's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryCheck {
+    pub answer: DirectoryAnswer,
+    /// A value of the user's entry that changes when the password does (AD's `pwdLastSet`,
+    /// OpenLDAP's `pwdChangedTime`), empty when none is configured: a session whose stamp is
+    /// no longer the entry's ends at its re-check, also where requests carry no password.
+    pub stamp: String,
+}
+
+impl DirectoryCheck {
+    pub fn new(answer: DirectoryAnswer, stamp: impl Into<String>) -> Self {
+        DirectoryCheck {
+            answer,
+            stamp: stamp.into(),
+        }
+    }
+}
+
+/// The directory could not be asked (down, unreachable, timed out, the service bind refused):
+/// every one denies, whatever the fail mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryError(pub String);
+
+impl fmt::Display for DirectoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DirectoryError {}
+
+/// A user directory, for the users the config does not list: the password is checked by a bind
+/// as the user, never by reading a hash. Every call ends by `deadline`.
+pub trait Directory: Send + Sync {
+    /// Whether `password` is `user`'s (a bind as the user). The gate never asks with an empty
+    /// password (an "unauthenticated bind" that many servers accept).
+    fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        deadline: Instant,
+    ) -> Result<DirectoryCheck, DirectoryError>;
+    /// Whether `user` is still there and enabled ([`DirectoryAnswer::Valid`] or
+    /// [`DirectoryAnswer::UnknownUser`]): the re-check of a session that carries no password.
+    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryCheck, DirectoryError>;
+}

@@ -93,6 +93,8 @@ pub struct Config {
     pub htpasswd: Option<PathBuf>,
     /// Each user's groups (from `groups`), sorted.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Users from LDAP / Active Directory (section `ldap`), if any.
+    pub ldap: Option<crate::ldap::LdapConfig>,
 }
 
 /// The users of `config_users` and of the htpasswd file `path`: a name in both is an error.
@@ -129,6 +131,7 @@ struct RawConfig {
     totp: Option<BTreeMap<String, String>>,
     audit: Option<crate::audit::RawAudit>,
     server: Option<crate::serve::settings::RawServer>,
+    ldap: Option<crate::ldap::RawLdap>,
 }
 
 #[derive(Deserialize)]
@@ -269,10 +272,14 @@ impl Config {
             Some(p) => with_htpasswd(&config_users, p).map_err(|m| err("htpasswd", m))?,
             None => config_users.clone(),
         };
-        if users.is_empty() {
+        let ldap = match &raw.ldap {
+            Some(l) => Some(crate::ldap::LdapConfig::from_raw(l).map_err(|(k, m)| err(&k, m))?),
+            None => None,
+        };
+        if users.is_empty() && ldap.is_none() {
             return Err(err(
                 "usernames",
-                "no user configured (set `usernames`, `username` and `password`, or `htpasswd`)"
+                "no user configured (set `usernames`, `username` and `password`, `htpasswd` or `ldap`)"
                     .into(),
             ));
         }
@@ -290,7 +297,8 @@ impl Config {
                 ));
             }
             for m in members {
-                if !users.contains_key(m) {
+                // With a directory, a group of the config may name its users too.
+                if !users.contains_key(m) && ldap.is_none() {
                     return Err(err(&key, format!("{m:?} is not a configured user")));
                 }
                 groups.entry(m.clone()).or_default().push(group.clone());
@@ -358,6 +366,7 @@ impl Config {
             limits,
             factor,
             audit_required: audit.as_ref().is_some_and(|a| a.required),
+            directory: ldap.as_ref().map(crate::ldap::LdapConfig::policy),
         };
         let server = match &raw.server {
             Some(s) => Some(crate::serve::ServerConfig::from_raw(s).map_err(|(k, m)| err(&k, m))?),
@@ -374,6 +383,7 @@ impl Config {
             config_users,
             htpasswd: raw.htpasswd.clone(),
             groups,
+            ldap,
         })
     }
 }

@@ -97,12 +97,20 @@ fn decide(cfg: &Config, input: &PipeRequest) -> Decision {
         }
     };
     let duo = LazyDuo::new(&cfg.duo);
+    // Connects on the first check that needs it only (a cached session needs none).
+    let directory = cfg
+        .ldap
+        .clone()
+        .map(|l| crate::ldap::LdapDirectory::new(l, false));
     let gate = Gate {
         policy: &cfg.policy,
         store: &*store,
         duo: &duo,
         clock: &SystemClock,
         wait: &Sleep,
+        directory: directory
+            .as_ref()
+            .map(|d| d as &dyn check_duo_core::ports::Directory),
     };
     match input.context {
         Context::Login => gate.check_password(&req),

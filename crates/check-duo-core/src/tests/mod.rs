@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bans;
+mod directory;
 mod factors;
 mod failmode;
 mod hardening;

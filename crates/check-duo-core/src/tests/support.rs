@@ -62,6 +62,7 @@ impl World {
             duo: &self.duo,
             clock: &self.clock,
             wait: &self.clock,
+            directory: None,
         }
     }
 

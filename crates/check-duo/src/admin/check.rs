@@ -73,8 +73,13 @@ pub fn check(path: &Path) -> Report {
         }
     };
     r.ok(format!(
-        "{file}: parsed ({} user(s), {}, Duo {})",
+        "{file}: parsed ({} user(s){}, {}, Duo {})",
         cfg.policy.users.len(),
+        if cfg.ldap.is_some() {
+            " and the directory's"
+        } else {
+            ""
+        },
         store_name(&cfg.cache),
         cfg.duo.host
     ));
@@ -121,6 +126,9 @@ pub fn check(path: &Path) -> Report {
         ));
     }
     store(&mut r, &cfg);
+    if let Some(l) = &cfg.ldap {
+        ldap(&mut r, l);
+    }
     if let Some(a) = &cfg.audit {
         audit(&mut r, &file, a);
     }
@@ -203,6 +211,47 @@ fn store(r: &mut Report, cfg: &Config) {
             Err(e) => r.error(format!("{name}: read failed: {e}")),
         },
         Err(e) => r.error(e),
+    }
+}
+
+/// Users counted at most (the search's size limit).
+const LDAP_COUNT_LIMIT: i32 = 10_000;
+
+/// The directory reachable, the service bind working, and how many users the filter finds.
+fn ldap(r: &mut Report, l: &crate::ldap::LdapConfig) {
+    let d = crate::ldap::LdapDirectory::new(l.clone(), false);
+    let tls = if l.start_tls {
+        ", StartTLS"
+    } else if l.url.starts_with("ldaps://") {
+        ", TLS"
+    } else {
+        ", no TLS (loopback)"
+    };
+    if let Err(e) = d.check_reachable() {
+        r.error(format!("ldap {}: not reachable: {e}", l.url));
+        return;
+    }
+    r.ok(format!("ldap {}: reachable{tls}", l.url));
+    let who = match &l.bind {
+        Some((dn, _)) => format!("the service bind as {dn:?}"),
+        None => "an anonymous search (no bind_dn)".to_string(),
+    };
+    if let Err(e) = d.check_service() {
+        r.error(format!("ldap {}: {who}: {e}", l.url));
+        return;
+    }
+    r.ok(format!("ldap {}: {who} works", l.url));
+    match d.count_users(LDAP_COUNT_LIMIT) {
+        Ok((0, _)) => r.warn(format!(
+            "ldap: key `ldap.user_filter`: finds no user under {:?} (with {{username}} as *)",
+            l.base_dn
+        )),
+        Ok((n, more)) => r.ok(format!(
+            "ldap: key `ldap.user_filter`: finds {}{n} user(s) under {:?}",
+            if more { "more than " } else { "" },
+            l.base_dn
+        )),
+        Err(e) => r.error(format!("ldap: key `ldap.user_filter`: {e}")),
     }
 }
 

@@ -142,10 +142,14 @@ fn decide_inner(
         return session(app, store, t, headers, client, domain, portal);
     }
     let found = session(app, store, t, headers, client, domain, portal);
+    let groups = match &found.0 {
+        Answer::Allow(Some(user)) => app.groups(user),
+        _ => Vec::new(),
+    };
     let who = match &found.0 {
         Answer::Allow(Some(user)) => Some(Who {
             user,
-            groups: app.groups(user),
+            groups: &groups,
         }),
         _ => None,
     };

@@ -28,7 +28,9 @@ use axum::routing::{any, get};
 use axum::Router;
 use check_duo_core::finish::{self, About};
 use check_duo_core::keys::SessionKeys;
-use check_duo_core::ports::{AuditSink, Clock, DuoApi, Store, Wait};
+use check_duo_core::ports::{
+    AuditSink, Clock, Directory, DirectoryCheck, DirectoryError, DuoApi, Store, Wait,
+};
 use check_duo_core::{Decision, Gate, Policy};
 use tower_http::timeout::TimeoutLayer;
 
@@ -52,6 +54,25 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Longest a request may take to be answered (a slow client included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The directory as the gate sees it in the daemon: every call (a network round trip, up to its
+/// deadline when the directory is down) on a thread the runtime lets go of, since the gate may
+/// ask it from an authorization request (a session's re-check) as well as from a sign-in.
+struct OffRuntime<'a>(&'a crate::ldap::LdapDirectory);
+
+impl Directory for OffRuntime<'_> {
+    fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        deadline: Instant,
+    ) -> Result<DirectoryCheck, DirectoryError> {
+        tokio::task::block_in_place(|| self.0.verify(user, password, deadline))
+    }
+    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryCheck, DirectoryError> {
+        tokio::task::block_in_place(|| self.0.lookup(user, deadline))
+    }
+}
+
 /// Everything a request needs, built once.
 pub struct App {
     pub cfg: Config,
@@ -73,6 +94,8 @@ pub struct App {
     /// The policy the gate decides with: `cfg.policy`, with the htpasswd file's users as they
     /// were last read.
     policy: RwLock<Arc<Policy>>,
+    /// Users from LDAP (`ldap`), with its service connections and the groups it last gave.
+    pub directory: Option<crate::ldap::LdapDirectory>,
 }
 
 impl App {
@@ -113,6 +136,10 @@ impl App {
             ),
             None => None,
         };
+        let directory = cfg
+            .ldap
+            .clone()
+            .map(|l| crate::ldap::LdapDirectory::new(l, true));
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
         // Sessions found are used again for a moment, and every write here forgets them.
         let recent = (!server.session_cache.is_zero())
@@ -138,6 +165,7 @@ impl App {
             reads: std::sync::OnceLock::new(),
             universal,
             policy: RwLock::new(Arc::new(cfg_policy)),
+            directory,
         }));
         let readers = if embedded { 0 } else { READERS };
         let reads = readahead::ReadAhead::start(&app.store, readers, recent)
@@ -159,18 +187,29 @@ impl App {
     /// [`App::with_gate`] over another view of the store (see [`readahead::Prefetched`]).
     pub fn with_gate_on<T>(&self, store: &dyn Store, f: impl FnOnce(Gate<'_>) -> T) -> T {
         let policy = self.policy();
+        let directory = self.directory.as_ref().map(OffRuntime);
         f(Gate {
             policy: &policy,
             store,
             duo: &self.duo,
             clock: &*self.clock,
             wait: &*self.wait,
+            directory: directory.as_ref().map(|d| d as &dyn Directory),
         })
     }
 
-    /// Each user's groups.
-    pub fn groups(&self, user: &str) -> &[String] {
-        self.cfg.groups.get(user).map_or(&[], Vec::as_slice)
+    /// Each user's groups: the config's and the directory's (as it said at the sign-in or the
+    /// last re-check), sorted.
+    pub fn groups(&self, user: &str) -> Vec<String> {
+        let mut groups = self.cfg.groups.get(user).cloned().unwrap_or_default();
+        if let Some(d) = &self.directory {
+            if !self.cfg.policy.users.contains_key(user) {
+                groups.extend(d.groups_of(user));
+                groups.sort();
+                groups.dedup();
+            }
+        }
+        groups
     }
 
     /// The audit record (where configured) and the log line of a decision; the decision as it

@@ -680,6 +680,9 @@ fn message(app: &App, d: &Decision) -> String {
         }
         Event::Banned => locked_out(app),
         Event::StoreError => "The session store is unavailable. Try again later.".into(),
+        Event::DirectoryUnreachable => {
+            "The user directory cannot be reached right now, so your password cannot be checked (the gate fails closed). Try again later.".into()
+        }
         Event::TotpRequired => "This account signs in with a passcode from its authenticator app.".into(),
         Event::Logout => "You signed out while the push was out.".into(),
         _ => "Sign-in failed.".into(),

@@ -15,6 +15,7 @@ pub mod process;
 pub mod redis;
 pub mod sentinel;
 pub mod serve;
+pub mod slapd;
 pub mod webdriver;
 pub mod world;
 
