@@ -4,6 +4,8 @@
 --   txn.check_duo_status   the status (200: let it through; 0: no answer)
 --   txn.check_duo_location the Location of a 302/303 (the portal)
 --   txn.check_duo_user     the Remote-User of a 200
+--   txn.check_duo_groups, txn.check_duo_name, txn.check_duo_email
+--                          its Remote-Groups, Remote-Name and Remote-Email, where it has them
 -- The daemon's URL comes from the environment variable CHECK_DUO_URL (haproxy.cfg: setenv).
 
 local url = os.getenv("CHECK_DUO_URL") or "http://127.0.0.1:9091/api/authz/forward-auth"
@@ -40,6 +42,9 @@ core.register_action("check-duo", { "http-req" }, function(txn)
   txn:set_var("txn.check_duo_status", res.status)
   local loc = first(res.headers, "location")
   if loc then txn:set_var("txn.check_duo_location", loc) end
-  local user = first(res.headers, "remote-user")
-  if user then txn:set_var("txn.check_duo_user", user) end
+  for header, var in pairs({ ["remote-user"] = "user", ["remote-groups"] = "groups",
+                             ["remote-name"] = "name", ["remote-email"] = "email" }) do
+    local v = first(res.headers, header)
+    if v then txn:set_var("txn.check_duo_" .. var, v) end
+  end
 end, 0)

@@ -93,6 +93,8 @@ pub struct Config {
     pub htpasswd: Option<PathBuf>,
     /// Each user's groups (from `groups`), sorted.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Users' display names and addresses (from `profiles`).
+    pub profiles: BTreeMap<String, Profile>,
     /// Users from LDAP / Active Directory (section `ldap`), if any.
     pub ldap: Option<crate::ldap::LdapConfig>,
 }
@@ -124,6 +126,8 @@ struct RawConfig {
     htpasswd: Option<PathBuf>,
     /// Groups: name → its users.
     groups: Option<BTreeMap<String, Vec<String>>>,
+    /// Users' display names and e-mail addresses (`serve`'s `Remote-Name`, `Remote-Email`).
+    profiles: Option<BTreeMap<String, Profile>>,
     duo: RawDuo,
     cache: Option<RawCache>,
     session: Option<RawSession>,
@@ -304,6 +308,15 @@ impl Config {
                 groups.entry(m.clone()).or_default().push(group.clone());
             }
         }
+        let mut profiles = BTreeMap::new();
+        for (user, p) in raw.profiles.iter().flatten() {
+            let key = format!("profiles.{user}");
+            if !users.contains_key(user) && ldap.is_none() {
+                return Err(err(&key, "not a configured user".into()));
+            }
+            check_profile(p).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
+            profiles.insert(user.clone(), p.clone());
+        }
         let (duo, factor) = duo(&raw.duo, &err)?;
         let cache = cache(raw.cache.as_ref(), &err)?;
         let raw_session = raw.session.as_ref();
@@ -383,9 +396,45 @@ impl Config {
             config_users,
             htpasswd: raw.htpasswd.clone(),
             groups,
+            profiles,
             ldap,
         })
     }
+}
+
+/// What `serve` tells the application of a user besides the name and groups (`profiles`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `Remote-Name`.
+    pub name: Option<String>,
+    /// `Remote-Email`.
+    pub email: Option<String>,
+}
+
+/// A profile's values: text a header carries (visible characters and spaces, at most 256
+/// bytes), an address with one `@` between two non-empty parts.
+fn check_profile(p: &Profile) -> Result<(), (&'static str, String)> {
+    let header_text = |v: &str| {
+        !v.trim().is_empty()
+            && v.len() <= 256
+            && v.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    };
+    if let Some(n) = &p.name {
+        if !header_text(n) {
+            return Err((
+                "name",
+                "not 1 to 256 visible ASCII characters and spaces".into(),
+            ));
+        }
+    }
+    if let Some(e) = &p.email {
+        let one_at = e.split('@').count() == 2 && !e.starts_with('@') && !e.ends_with('@');
+        if !header_text(e) || e.contains(' ') || !one_at {
+            return Err(("email", format!("{e:?} is not an e-mail address")));
+        }
+    }
+    Ok(())
 }
 
 type ErrFn<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
@@ -841,6 +890,29 @@ mod tests {
         "cache": {"host": "localhost", "port": "6379"},
         "session": {"name": "formsession", "expiry": 14400}
     }"#;
+
+    #[test]
+    fn profiles_are_checked() {
+        let with = |p: &str| SEED.replacen('{', &format!("{{\"profiles\": {p},"), 1);
+        let c = parse(&with(
+            r#"{"joe": {"name": "Joe Bloggs", "email": "joe@example.org"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.profiles["joe"].email.as_deref(), Some("joe@example.org"));
+        for (profile, key) in [
+            (r#"{"ann": {"name": "Ann"}}"#, "profiles.ann"),
+            (
+                r#"{"joe": {"name": "Joe\nX-Evil: 1"}}"#,
+                "profiles.joe.name",
+            ),
+            (r#"{"joe": {"email": "joe"}}"#, "profiles.joe.email"),
+            (r#"{"joe": {"email": "a@b@c"}}"#, "profiles.joe.email"),
+            (r#"{"joe": {"phone": "1"}}"#, "profiles.joe.phone"),
+        ] {
+            let e = parse(&with(profile)).unwrap_err();
+            assert_eq!(e.key, key, "{profile}: {e}");
+        }
+    }
 
     #[test]
     fn seed_config_parses() {

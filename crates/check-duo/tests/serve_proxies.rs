@@ -70,6 +70,8 @@ fn password_hash() -> String {
 fn config(sim: &SimHandle, ca: &Path, cache: Value) -> Value {
     json!({
         "usernames": { USER: password_hash() },
+        "groups": { "staff": [USER], "admins": [USER] },
+        "profiles": { USER: { "name": "Alice Liddell", "email": "alice@example.org" } },
         "duo": { "ikey": IKEY, "skey": SKEY, "host": sim.host(), "ca_file": ca,
                  "failmode": "secure", "push_timeout": 3, "call_timeout": 5 },
         "cache": cache,
@@ -131,6 +133,7 @@ fn write_site(docroot: &Path) {
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
          printf 'remote-user-var=[%s]\\n' \"$REMOTE_USER\"\n\
          printf 'remote-user-header=[%s]\\n' \"$HTTP_REMOTE_USER\"\n\
+         printf 'identity=[%s|%s|%s]\\n' \"$HTTP_REMOTE_GROUPS\" \"$HTTP_REMOTE_NAME\" \"$HTTP_REMOTE_EMAIL\"\n\
          printf 'cookie=[%s]\\n' \"$HTTP_COOKIE\"\n",
     )
     .unwrap();
@@ -521,7 +524,7 @@ fn two_daemons_share_sessions_through_redis() {
 }
 
 /// f. The nginx snippets strip the gate's cookie before the application, keep the others, and
-/// replace a client-sent Remote-User with the gate's.
+/// replace client-sent Remote-User, -Groups, -Name and -Email with the gate's.
 #[test]
 fn nginx_strips_the_gate_cookie_and_client_identity_headers() {
     if !support::tools_present("nginx_strips", &[("nginx", NGINX)]) {
@@ -560,13 +563,22 @@ fn nginx_strips_the_gate_cookie_and_client_identity_headers() {
         let r = http(
             "GET",
             &echo,
-            &[("Cookie", &sent), ("Remote-User", "mallory")],
+            &[
+                ("Cookie", &sent),
+                ("Remote-User", "mallory"),
+                ("Remote-Groups", "root"),
+                ("Remote-Name", "Mallory"),
+                ("Remote-Email", "mallory@example.org"),
+            ],
             None,
         );
         assert_eq!(r.status, 200, "{sent}: {}", r.body);
         assert_eq!(
             r.body,
-            format!("cookie=[{seen}] remote-user=[{USER}]\n"),
+            format!(
+                "cookie=[{seen}] remote-user=[{USER}] groups=[admins,staff] \
+                 name=[Alice Liddell] email=[alice@example.org]\n"
+            ),
             "cookie sent: {sent}"
         );
         assert!(!r.body.contains(&token));
@@ -630,11 +642,20 @@ fn apache_fastcgi_authorizer() {
         &[
             ("Cookie", &format!("a=1; check-duo={token}; b=2")),
             ("Remote-User", "mallory"),
+            ("Remote-Groups", "root"),
+            ("Remote-Name", "Mallory"),
+            ("Remote-Email", "mallory@example.org"),
         ],
         None,
     );
     assert_eq!(r.status, 200, "{}{}", r.body, logs());
     assert!(r.body.contains("remote-user-var=[alice]"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("identity=[admins,staff|Alice Liddell|alice@example.org]"),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("remote-user-header=[alice]"), "{}", r.body);
     assert!(r.body.contains("cookie=[a=1; b=2]"), "{}", r.body);
     let r = http("GET", &env, &[("Remote-User", "mallory")], None);
@@ -666,8 +687,8 @@ fn caddy_forward_auth() {
 
 /// The proxy `start` gives (Caddy, HAProxy: `tool`) in front of an [`Echo`] app, asking the
 /// daemon: 302 to the portal without a session, 401 for an API client; signed in over HTTP, the
-/// app sees the user the gate named and the client's other cookies, neither the gate's cookie
-/// nor the client's Remote-User. `headers` go with the first signed-in request: the session
+/// app sees the user (and groups, name, address) the gate named and the client's other cookies,
+/// neither the gate's cookie nor the client's Remote-* headers. `headers` go with the first signed-in request: the session
 /// token and the app's reply to that request; `None` (the test skipped) without the tool.
 fn echo_behind(
     test: &str,
@@ -704,12 +725,29 @@ fn echo_behind(
     let jar = sign_in_over_http(&location, USER, PASSWORD, &sim);
     let token = jar.session().unwrap().to_string();
     let cookies = format!("a=1; check-duo={token}; b=2");
-    let mut sent = vec![("Cookie", cookies.as_str()), ("Remote-User", "mallory")];
+    let mut sent = vec![
+        ("Cookie", cookies.as_str()),
+        ("Remote-User", "mallory"),
+        ("Remote-Groups", "mallory"),
+        ("Remote-Name", "mallory"),
+        ("Remote-Email", "mallory@example.org"),
+    ];
     sent.extend_from_slice(headers);
     let r = http("GET", &url, &sent, None);
     assert_eq!(r.status, 200, "{}{}", r.body, logs());
     assert!(r.body.starts_with("GET /private/x?a=1 "), "{}", r.body);
-    assert!(r.body.contains("\nremote-user: alice\n"), "{}", r.body);
+    for seen in [
+        "remote-user: alice",
+        "remote-groups: admins,staff",
+        "remote-name: Alice Liddell",
+        "remote-email: alice@example.org",
+    ] {
+        assert!(
+            r.body.contains(&format!("\n{seen}\n")),
+            "{seen}: {}",
+            r.body
+        );
+    }
     assert!(!r.body.contains("mallory"), "{}", r.body);
     assert!(r.body.contains("\ncookie: a=1; b=2\n"), "{}", r.body);
     let only = http(

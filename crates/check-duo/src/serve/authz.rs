@@ -73,6 +73,30 @@ fn session_ids(app: &App, t: &Target, headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// What a grant tells the application of its user besides the name: `Remote-Groups` (comma
+/// separated), and `Remote-Name` and `Remote-Email` where `profiles` has them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub groups: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+impl Identity {
+    /// What `answer` grants, if a user.
+    pub fn of(app: &App, answer: &Answer) -> Identity {
+        let Answer::Allow(Some(user)) = answer else {
+            return Identity::default();
+        };
+        let profile = app.cfg.profiles.get(user);
+        Identity {
+            groups: app.groups(user).join(","),
+            name: profile.and_then(|p| p.name.clone()),
+            email: profile.and_then(|p| p.email.clone()),
+        }
+    }
+}
+
 /// Decide a target for a request with these headers (the cookie) from `client`, over `store`.
 pub fn decide(
     app: &App,
@@ -223,7 +247,7 @@ fn reply(
     method: &Method,
     original: &str,
     headers: &HeaderMap,
-    groups: &str,
+    who: &Identity,
 ) -> Response<Body> {
     let head = method == Method::HEAD;
     let (status, location, user, text) = match answer {
@@ -257,8 +281,13 @@ fn reply(
             // A name a header cannot carry is no name to grant under.
             Err(_) => return plain(StatusCode::FORBIDDEN, "forbidden", head),
         }
-        if let Ok(v) = HeaderValue::from_str(groups) {
+        if let Ok(v) = HeaderValue::from_str(&who.groups) {
             b = b.header("remote-groups", v);
+        }
+        for (header, value) in [("remote-name", &who.name), ("remote-email", &who.email)] {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                b = b.header(header, v);
+            }
         }
     }
     // No body where nobody reads it: a grant, and everything nginx asks (its subrequests keep
@@ -329,11 +358,8 @@ async fn answer(
     };
     let client = target::client(&headers, Some(peer.ip()), &app.server.trusted_proxies);
     let a = decide_ahead(app, &t, &headers, &client).await;
-    let groups = match &a {
-        Answer::Allow(Some(u)) => app.groups(u).join(","),
-        _ => String::new(),
-    };
-    reply(a, family, &method, &t.method, &headers, &groups)
+    let who = Identity::of(app, &a);
+    reply(a, family, &method, &t.method, &headers, &who)
 }
 
 pub async fn forward_auth(

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use tokio::net::TcpListener;
 use tokio_fastcgi::{RequestResult, Requests};
 
-use super::authz::{self, Answer};
+use super::authz::{self, Answer, Identity};
 use super::target::{self, Target};
 use super::App;
 
@@ -52,12 +52,22 @@ pub fn target_of(param: &dyn Fn(&str) -> Option<String>) -> Result<Target, targe
 }
 
 /// The CGI reply for an answer.
-pub fn reply(answer: &Answer, groups: &str) -> String {
+pub fn reply(answer: &Answer, who: &Identity) -> String {
     match answer {
-        Answer::Allow(user) => format!(
-            "Status: 200\r\nVariable-REMOTE_USER: {}\r\nVariable-REMOTE_GROUPS: {groups}\r\n\r\n",
-            user.as_deref().unwrap_or(BYPASS_USER)
-        ),
+        Answer::Allow(user) => {
+            let mut out = format!(
+                "Status: 200\r\nVariable-REMOTE_USER: {}\r\nVariable-REMOTE_GROUPS: {}\r\n",
+                user.as_deref().unwrap_or(BYPASS_USER),
+                who.groups
+            );
+            for (var, value) in [("REMOTE_NAME", &who.name), ("REMOTE_EMAIL", &who.email)] {
+                if let Some(v) = value {
+                    out.push_str(&format!("Variable-{var}: {v}\r\n"));
+                }
+            }
+            out.push_str("\r\n");
+            out
+        }
         Answer::SignIn { url, quiet: false } => {
             format!("Status: 302\r\nLocation: {url}\r\nContent-Type: text/plain\r\n\r\nsign in\n")
         }
@@ -85,14 +95,12 @@ async fn decide(app: &'static App, param: &(dyn Fn(&str) -> Option<String> + Syn
     }
     let answer = authz::decide_ahead(app, &t, &h, peer.trim()).await;
     // A user name that cannot be a CGI header value is no name to grant under.
-    let mut groups = String::new();
     if let Answer::Allow(Some(u)) = &answer {
         if u.contains(['\r', '\n']) {
-            return reply(&Answer::Forbidden, "");
+            return reply(&Answer::Forbidden, &Identity::default());
         }
-        groups = app.groups(u).join(",");
     }
-    reply(&answer, &groups)
+    reply(&answer, &Identity::of(app, &answer))
 }
 
 /// Accept FastCGI connections until stopped.

@@ -97,7 +97,7 @@ http {{
     root {docroot};
     location = /private/echo {{
       default_type text/plain;
-      return 200 "cookie=[$http_cookie] remote-user=[$http_remote_user]\n";
+      return 200 "cookie=[$http_cookie] remote-user=[$http_remote_user] groups=[$http_remote_groups] name=[$http_remote_name] email=[$http_remote_email]\n";
     }}
   }}
 }}
