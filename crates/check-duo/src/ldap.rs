@@ -576,7 +576,15 @@ impl LdapDirectory {
         }
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &cfg.url)
             .await
-            .map_err(|e| failed(&cfg.url, e))?;
+            .map_err(|e| match e {
+                // The connect's own timeout (it and the call's deadline are the same length).
+                ldap3::LdapError::Timeout { .. } => DirectoryError(format!(
+                    "{}: no answer in time (timeout {} s)",
+                    cfg.url,
+                    cfg.timeout.as_secs()
+                )),
+                e => failed(&cfg.url, e),
+            })?;
         tokio::spawn(async move {
             let _ = conn.drive().await;
         });
