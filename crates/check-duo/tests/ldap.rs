@@ -378,8 +378,9 @@ fn the_pipe_mode_rechecks_sessions_with_the_directory() {
     };
     assert!(ended("carol"), "carol's session outlived her entry");
     assert!(ended("bob"), "bob's session outlived his password");
+    // Both within the bound, with room for a loaded machine's slow processes.
     assert!(
-        changed.elapsed() < Duration::from_secs(RECHECK + 8),
+        changed.elapsed() < Duration::from_secs(RECHECK + 20),
         "{:?}",
         changed.elapsed()
     );
