@@ -88,6 +88,8 @@ pub struct LdapConfig {
     pub tls: Option<Roots>,
     /// The service account and its password.
     pub bind: Option<(String, Secret)>,
+    /// The file the password was read from (`config check` looks at its mode).
+    pub bind_password_file: Option<PathBuf>,
     pub base_dn: String,
     pub user_filter: String,
     /// The attribute that holds the user name (`uid`, `sAMAccountName`): the entry found must
@@ -369,6 +371,7 @@ impl LdapConfig {
             start_tls,
             tls,
             bind,
+            bind_password_file: raw.bind_password_file.clone(),
             base_dn,
             user_filter,
             username_attribute,
@@ -938,6 +941,37 @@ mod tests {
         assert_eq!(escape_filter("a\0b"), "a\\00b");
         assert_eq!(escape_filter("é"), "\\c3\\a9");
         assert_eq!(escape_filter("o'brien"), "o'brien");
+    }
+
+    /// RFC 4515's unescaping, for the property below.
+    fn unescape(s: &str) -> Option<Vec<u8>> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_is_one_assertion_value(name in "\\PC*|[*()\\\\\\x00a-z]{0,12}") {
+            let e = escape_filter(&name);
+            // Nothing left that a filter reads as syntax, nothing outside printable ASCII.
+            proptest::prop_assert!(!e.contains(['*', '(', ')', '\0']));
+            proptest::prop_assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
+            proptest::prop_assert_eq!(unescape(&e), Some(name.as_bytes().to_vec()));
+            let f = fill("(uid={username})", &name, "");
+            proptest::prop_assert!(check_filter(&f).is_ok(), "{}", f);
+        }
     }
 
     #[test]

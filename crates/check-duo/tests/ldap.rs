@@ -559,6 +559,16 @@ fn config_check_reports_the_directory() {
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
+    // A service password file others can read: a warning naming it.
+    support::process::chmod(&ldap.service_password_file, 0o644);
+    let (_, text) = check();
+    assert!(
+        text.contains("key `ldap.bind_password_file`") && text.contains("others can read"),
+        "{text}"
+    );
+    support::process::chmod(&ldap.service_password_file, 0o640);
+    let (_, text) = check();
+    assert!(!text.contains("others can read"), "{text}");
     // A wrong service password, then the directory down: errors that say which.
     let pw = dir.path().join("bad.pw");
     std::fs::write(&pw, "not-it\n").unwrap();
