@@ -461,6 +461,12 @@ fn serve_signs_in_directory_users_with_their_groups() {
     );
     assert_eq!(ask("/admin/x", &alice).status, 200);
     assert_eq!(ask("/admin/x", &bob).status, 403);
+    let metrics = http("GET", &s.url("/metrics"), &[], None).body;
+    assert!(
+        metrics
+            .contains(r#"check_duo_directory_call_seconds_count{call="verify",answer="valid"} 3"#),
+        "{metrics}"
+    );
 
     // A wrong password, an unknown or disabled user, an injection: no push, no session.
     let calls = sim.counters().duo_calls();

@@ -142,14 +142,17 @@ impl App {
     /// Run `f` with a gate over the policy now.
     pub fn with_gate<T>(&self, f: impl FnOnce(Gate<'_>) -> T) -> T {
         let policy = self.policy();
+        let directory = self.directory.as_ref().map(|d| metrics::TimedDirectory {
+            inner: d,
+            metrics: self.metrics,
+        });
         f(Gate {
             policy: &policy,
             store: &self.store,
             duo: &self.duo,
             clock: &*self.clock,
             wait: &*self.wait,
-            directory: self
-                .directory
+            directory: directory
                 .as_ref()
                 .map(|d| d as &dyn check_duo_core::ports::Directory),
         })
