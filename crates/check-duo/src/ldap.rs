@@ -29,6 +29,8 @@ use serde::Deserialize;
 
 /// Service connections kept for reuse (the long-running mode's searches).
 pub const POOL: usize = 4;
+/// A pooled connection idle longer than this is not used again.
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
 /// `ldap.timeout` when not given: seconds for one whole check.
 pub const DEFAULT_TIMEOUT: u64 = 5;
 /// `ldap.recheck` when not given: seconds a session of a directory user lasts before the next
@@ -487,7 +489,7 @@ pub struct LdapDirectory {
     rt: OnceLock<Result<tokio::runtime::Runtime, String>>,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// Idle service-bound connections.
-    pool: Mutex<Vec<Ldap>>,
+    pool: Mutex<Vec<(Instant, Ldap)>>,
     /// Each user's groups as the directory last said (on a sign-in or a re-check).
     groups: Mutex<HashMap<String, Vec<String>>>,
 }
@@ -597,7 +599,9 @@ impl LdapDirectory {
     /// A service-bound connection: one from the pool (`true`), or a new one.
     async fn service(&self) -> Result<(Ldap, bool), DirectoryError> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(l) = pooled {
+        // One idle too long may have been dropped on the way (a NAT, a firewall) without a
+        // word, and would then take the whole deadline to fail: a new one instead.
+        if let Some((_, l)) = pooled.filter(|(since, _)| since.elapsed() < POOL_IDLE) {
             return Ok((l, true));
         }
         let mut ldap = self.connect().await?;
@@ -619,7 +623,7 @@ impl LdapDirectory {
     fn give_back(&self, ldap: Ldap) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL {
-            pool.push(ldap);
+            pool.push((Instant::now(), ldap));
         }
     }
 
