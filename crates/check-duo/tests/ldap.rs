@@ -347,6 +347,21 @@ fn the_pipe_mode_signs_in_directory_users_and_denies_the_rest() {
     assert_eq!(sim.counters().duo_calls(), calls, "a push was sent");
     ldap.resume();
     assert!(pipe(&config, "bob", "pw-bob", "3-cookie").granted);
+
+    // StartTLS with a CA that did not sign the server's certificate: refused, and so denied
+    // (the directory cannot be asked), without a push.
+    let mut wrong = cfg.clone();
+    wrong["ldap"]["ca_file"] = json!(ldap.wrong_ca_file);
+    let wrong = write(&dir.path().join("wrong-ca.json"), &wrong);
+    let calls = sim.counters().duo_calls();
+    let out = pipe(&wrong, "carol", "pw-carol", "5-other");
+    assert!(!out.granted, "{}", out.log);
+    assert!(
+        out.log.contains("event=directory_unreachable") && out.log.contains("certificate"),
+        "{}",
+        out.log
+    );
+    assert_eq!(sim.counters().duo_calls(), calls, "a push was sent");
 }
 
 #[test]
