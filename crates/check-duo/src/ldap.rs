@@ -221,7 +221,11 @@ impl LdapConfig {
         }
         let (host, port) = match authority.strip_prefix('[') {
             Some(r) => match r.split_once(']') {
-                Some((h, p)) => (h, p.strip_prefix(':')),
+                Some((h, "")) => (h, None),
+                Some((h, p)) => match p.strip_prefix(':') {
+                    Some(p) => (h, Some(p)),
+                    None => return Err(e("url", "not ldap[s]://[address]:port".into())),
+                },
                 None => return Err(e("url", "unclosed [ in the host".into())),
             },
             None => match authority.split_once(':') {
@@ -1019,6 +1023,15 @@ mod tests {
         assert_eq!(ok.recheck, Duration::from_secs(DEFAULT_RECHECK));
         for (extra, key) in [
             (serde_json::json!({"url": "http://x"}), "ldap.url"),
+            (serde_json::json!({"url": "ldap://[::1]x"}), "ldap.url"),
+            (
+                serde_json::json!({"url": "ldap://127.0.0.1:99999"}),
+                "ldap.url",
+            ),
+            (
+                serde_json::json!({"url": "ldap://127.0.0.1/dc=x"}),
+                "ldap.url",
+            ),
             (
                 serde_json::json!({"url": "ldap://ldap.example.org"}),
                 "ldap.url",
