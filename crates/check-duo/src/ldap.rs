@@ -29,6 +29,8 @@ use serde::Deserialize;
 
 /// Service connections kept for reuse (the long-running mode's searches).
 pub const POOL: usize = 4;
+/// A pooled connection idle longer than this is not used again.
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
 /// `ldap.timeout` when not given: seconds for one whole check.
 pub const DEFAULT_TIMEOUT: u64 = 5;
 /// `ldap.recheck` when not given: seconds a session of a directory user lasts before the next
@@ -88,6 +90,8 @@ pub struct LdapConfig {
     pub tls: Option<Roots>,
     /// The service account and its password.
     pub bind: Option<(String, Secret)>,
+    /// The file the password was read from (`config check` looks at its mode).
+    pub bind_password_file: Option<PathBuf>,
     pub base_dn: String,
     pub user_filter: String,
     /// The attribute that holds the user name (`uid`, `sAMAccountName`): the entry found must
@@ -217,7 +221,11 @@ impl LdapConfig {
         }
         let (host, port) = match authority.strip_prefix('[') {
             Some(r) => match r.split_once(']') {
-                Some((h, p)) => (h, p.strip_prefix(':')),
+                Some((h, "")) => (h, None),
+                Some((h, p)) => match p.strip_prefix(':') {
+                    Some(p) => (h, Some(p)),
+                    None => return Err(e("url", "not ldap[s]://[address]:port".into())),
+                },
                 None => return Err(e("url", "unclosed [ in the host".into())),
             },
             None => match authority.split_once(':') {
@@ -369,6 +377,7 @@ impl LdapConfig {
             start_tls,
             tls,
             bind,
+            bind_password_file: raw.bind_password_file.clone(),
             base_dn,
             user_filter,
             username_attribute,
@@ -484,7 +493,7 @@ pub struct LdapDirectory {
     rt: OnceLock<Result<tokio::runtime::Runtime, String>>,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// Idle service-bound connections.
-    pool: Mutex<Vec<Ldap>>,
+    pool: Mutex<Vec<(Instant, Ldap)>>,
     /// Each user's groups as the directory last said (on a sign-in or a re-check).
     groups: Mutex<HashMap<String, Vec<String>>>,
 }
@@ -576,7 +585,15 @@ impl LdapDirectory {
         }
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &cfg.url)
             .await
-            .map_err(|e| failed(&cfg.url, e))?;
+            .map_err(|e| match e {
+                // The connect's own timeout (it and the call's deadline are the same length).
+                ldap3::LdapError::Timeout { .. } => DirectoryError(format!(
+                    "{}: no answer in time (timeout {} s)",
+                    cfg.url,
+                    cfg.timeout.as_secs()
+                )),
+                e => failed(&cfg.url, e),
+            })?;
         tokio::spawn(async move {
             let _ = conn.drive().await;
         });
@@ -586,7 +603,9 @@ impl LdapDirectory {
     /// A service-bound connection: one from the pool (`true`), or a new one.
     async fn service(&self) -> Result<(Ldap, bool), DirectoryError> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(l) = pooled {
+        // One idle too long may have been dropped on the way (a NAT, a firewall) without a
+        // word, and would then take the whole deadline to fail: a new one instead.
+        if let Some((_, l)) = pooled.filter(|(since, _)| since.elapsed() < POOL_IDLE) {
             return Ok((l, true));
         }
         let mut ldap = self.connect().await?;
@@ -608,7 +627,7 @@ impl LdapDirectory {
     fn give_back(&self, ldap: Ldap) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL {
-            pool.push(ldap);
+            pool.push((Instant::now(), ldap));
         }
     }
 
@@ -932,6 +951,37 @@ mod tests {
         assert_eq!(escape_filter("o'brien"), "o'brien");
     }
 
+    /// RFC 4515's unescaping, for the property below.
+    fn unescape(s: &str) -> Option<Vec<u8>> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_is_one_assertion_value(name in "\\PC*|[*()\\\\\\x00a-z]{0,12}") {
+            let e = escape_filter(&name);
+            // Nothing left that a filter reads as syntax, nothing outside printable ASCII.
+            proptest::prop_assert!(!e.contains(['*', '(', ')', '\0']));
+            proptest::prop_assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
+            proptest::prop_assert_eq!(unescape(&e), Some(name.as_bytes().to_vec()));
+            let f = fill("(uid={username})", &name, "");
+            proptest::prop_assert!(check_filter(&f).is_ok(), "{}", f);
+        }
+    }
+
     #[test]
     fn placeholders_are_filled_once() {
         assert_eq!(
@@ -973,6 +1023,15 @@ mod tests {
         assert_eq!(ok.recheck, Duration::from_secs(DEFAULT_RECHECK));
         for (extra, key) in [
             (serde_json::json!({"url": "http://x"}), "ldap.url"),
+            (serde_json::json!({"url": "ldap://[::1]x"}), "ldap.url"),
+            (
+                serde_json::json!({"url": "ldap://127.0.0.1:99999"}),
+                "ldap.url",
+            ),
+            (
+                serde_json::json!({"url": "ldap://127.0.0.1/dc=x"}),
+                "ldap.url",
+            ),
             (
                 serde_json::json!({"url": "ldap://ldap.example.org"}),
                 "ldap.url",

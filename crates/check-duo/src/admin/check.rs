@@ -227,6 +227,22 @@ fn ldap(r: &mut Report, l: &crate::ldap::LdapConfig) {
     } else {
         ", no TLS (loopback)"
     };
+    if let Some(pw) = &l.bind_password_file {
+        match std::fs::metadata(pw) {
+            Ok(m) if m.mode() & 0o007 != 0 => r.warn(format!(
+                "ldap: key `ldap.bind_password_file`: {}: mode {:04o}: others can read the \
+                 service account's password; chmod o= {}",
+                pw.display(),
+                m.mode() & 0o7777,
+                pw.display()
+            )),
+            Ok(_) => {}
+            Err(e) => r.error(format!(
+                "ldap: key `ldap.bind_password_file`: {}: {e}",
+                pw.display()
+            )),
+        }
+    }
     if let Err(e) = d.check_reachable() {
         r.error(format!("ldap {}: not reachable: {e}", l.url));
         return;

@@ -1,10 +1,14 @@
 //! Prometheus metrics of the daemon: decisions by event and outcome, Duo call latency, store
-//! latency, sign-ins waiting for a phone. The store and Duo are measured by wrapping their ports.
+//! latency, directory (LDAP) call latency, sign-ins waiting for a phone. The store, Duo and the
+//! directory are measured by wrapping their ports.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use check_duo_core::ports::{DuoApi, Entry, LockToken, SessionInfo, Store, StoreError};
+use check_duo_core::ports::{
+    Directory, DirectoryAnswer, DirectoryCheck, DirectoryError, DuoApi, Entry, LockToken,
+    SessionInfo, Store, StoreError,
+};
 use check_duo_core::Decision;
 use duo_auth::types::{AuthRequest, AuthStart, AuthStatus, Preauth};
 use prometheus_client::encoding::text::encode;
@@ -24,7 +28,13 @@ pub struct Metrics {
     decisions: Family<Labels<2>, Counter>,
     duo: Family<Labels<1>, Histogram, fn() -> Histogram>,
     store: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    directory: Family<Labels<2>, Histogram, fn() -> Histogram>,
     pub pending: Gauge,
+}
+
+fn directory_buckets() -> Histogram {
+    // 1 ms .. ~8 s: a bind over TLS, up to `ldap.timeout`.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
 }
 
 fn duo_buckets() -> Histogram {
@@ -45,6 +55,9 @@ impl Metrics {
             Family::<Labels<1>, Histogram, fn() -> Histogram>::new_with_constructor(duo_buckets);
         let store =
             Family::<Labels<1>, Histogram, fn() -> Histogram>::new_with_constructor(store_buckets);
+        let directory = Family::<Labels<2>, Histogram, fn() -> Histogram>::new_with_constructor(
+            directory_buckets,
+        );
         let pending = Gauge::default();
         registry.register(
             "decisions",
@@ -62,6 +75,11 @@ impl Metrics {
             store.clone(),
         );
         registry.register(
+            "directory_call_seconds",
+            "Duration of user directory (LDAP) checks by call and answer",
+            directory.clone(),
+        );
+        registry.register(
             "pending_pushes",
             "Sign-ins waiting for the phone",
             pending.clone(),
@@ -71,6 +89,7 @@ impl Metrics {
             decisions,
             duo,
             store,
+            directory,
             pending,
         }
     }
@@ -90,6 +109,25 @@ impl Metrics {
     fn store_op(&self, op: &'static str, took: Duration) {
         self.store
             .get_or_create(&[("op", op)])
+            .observe(took.as_secs_f64());
+    }
+
+    fn directory_call(
+        &self,
+        call: &'static str,
+        r: &Result<DirectoryCheck, DirectoryError>,
+        took: Duration,
+    ) {
+        let answer = match r {
+            Ok(c) => match c.answer {
+                DirectoryAnswer::Valid => "valid",
+                DirectoryAnswer::UnknownUser => "unknown_user",
+                DirectoryAnswer::WrongPassword => "wrong_password",
+            },
+            Err(_) => "unavailable",
+        };
+        self.directory
+            .get_or_create(&[("call", call), ("answer", answer)])
             .observe(took.as_secs_f64());
     }
 
@@ -248,6 +286,32 @@ impl DuoApi for TimedDuo<'_> {
         let t = Instant::now();
         let r = self.inner.auth_verified(req, preauth_txid, deadline);
         self.metrics.duo_call("auth", t.elapsed());
+        r
+    }
+}
+
+/// The directory, timed.
+pub struct TimedDirectory<'d> {
+    pub inner: &'d dyn Directory,
+    pub metrics: &'d Metrics,
+}
+
+impl Directory for TimedDirectory<'_> {
+    fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        deadline: Instant,
+    ) -> Result<DirectoryCheck, DirectoryError> {
+        let t = Instant::now();
+        let r = self.inner.verify(user, password, deadline);
+        self.metrics.directory_call("verify", &r, t.elapsed());
+        r
+    }
+    fn lookup(&self, user: &str, deadline: Instant) -> Result<DirectoryCheck, DirectoryError> {
+        let t = Instant::now();
+        let r = self.inner.lookup(user, deadline);
+        self.metrics.directory_call("lookup", &r, t.elapsed());
         r
     }
 }

@@ -57,9 +57,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The directory as the gate sees it in the daemon: every call (a network round trip, up to its
 /// deadline when the directory is down) on a thread the runtime lets go of, since the gate may
 /// ask it from an authorization request (a session's re-check) as well as from a sign-in.
-struct OffRuntime<'a>(&'a crate::ldap::LdapDirectory);
+struct OffRuntime<D>(D);
 
-impl Directory for OffRuntime<'_> {
+impl<D: Directory> Directory for OffRuntime<D> {
     fn verify(
         &self,
         user: &str,
@@ -187,7 +187,12 @@ impl App {
     /// [`App::with_gate`] over another view of the store (see [`readahead::Prefetched`]).
     pub fn with_gate_on<T>(&self, store: &dyn Store, f: impl FnOnce(Gate<'_>) -> T) -> T {
         let policy = self.policy();
-        let directory = self.directory.as_ref().map(OffRuntime);
+        let directory = self.directory.as_ref().map(|d| {
+            OffRuntime(metrics::TimedDirectory {
+                inner: d,
+                metrics: self.metrics,
+            })
+        });
         f(Gate {
             policy: &policy,
             store,
