@@ -15,6 +15,7 @@ pub mod dropin;
 pub mod duo;
 pub mod htpasswd;
 pub mod input;
+pub mod one_user;
 pub mod password;
 pub mod privilege;
 pub mod serve;
