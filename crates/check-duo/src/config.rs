@@ -329,7 +329,7 @@ impl Config {
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(err("file too large".into()));
         }
-        match crate::one_user::reduce(file, user, MAX_CONFIG_BYTES) {
+        match crate::one_user::reduce(file, user, MAX_CONFIG_BYTES, meta.len()) {
             Ok(crate::one_user::Reduced::Text { text, users }) => Config::from_text(
                 path,
                 &text,

@@ -90,7 +90,7 @@ pub fn find(path: &Path, user: &str) -> Result<Option<Credential>, String> {
     if meta.len() > MAX_BYTES {
         return Err(format!("{name}: larger than {MAX_BYTES} bytes"));
     }
-    find_in(file, user).map_err(|e| match e {
+    find_in(file, user, meta.len()).map_err(|e| match e {
         Found::Io(e) => format!("{name}: {e}"),
         Found::Line(at, why) => {
             // Counted only now: the search itself never counts lines.
@@ -128,13 +128,21 @@ fn never_defined(user: &str) -> bool {
     user.is_empty() || user.contains([':', '\n']) || user.trim_start().starts_with('#')
 }
 
-fn find_in(mut src: impl std::io::Read, user: &str) -> Result<Option<Credential>, Found> {
+/// `size`, the file's length as `stat` says, sizes the buffer (see [`crate::one_user::buffer_len`]).
+fn find_in(
+    mut src: impl std::io::Read,
+    user: &str,
+    size: u64,
+) -> Result<Option<Credential>, Found> {
     if never_defined(user) {
         return Ok(None);
     }
     let needle = format!("\n{user}:");
     let finder = memchr::memmem::Finder::new(needle.as_bytes());
-    let cap = crate::one_user::BUF.max(2 * needle.len());
+    // One byte more for the newline before the file.
+    let cap = crate::one_user::buffer_len(size.saturating_add(1))
+        .max(4096)
+        .max(2 * needle.len());
     // `buf[..len]` always starts at a newline: the one before the file (line 1 follows it), or
     // the last one of the bytes before, kept with the line it ends.
     let mut buf = vec![0u8; cap];
@@ -169,7 +177,7 @@ fn find_in(mut src: impl std::io::Read, user: &str) -> Result<Option<Credential>
             }
             // No newline in a whole buffer: one long line. Is it the user's?
             if !skipping && buf[..len].starts_with(needle.as_bytes()) {
-                return Err(Found::Line(base, "longer than 64 KiB".into()));
+                return Err(Found::Line(base, format!("longer than {} bytes", cap - 1)));
             }
             skipping = true;
             base += len as u64 - 1;
@@ -278,7 +286,7 @@ mod tests {
     }
 
     fn find(text: &str, user: &str) -> Result<Option<Credential>, (usize, String)> {
-        find_in(text.as_bytes(), user).map_err(|e| match e {
+        find_in(text.as_bytes(), user, u64::MAX).map_err(|e| match e {
             Found::Line(at, why) => (line_at(text.as_bytes(), at).unwrap(), why),
             Found::Io(e) => panic!("{e}"),
         })
@@ -306,7 +314,9 @@ mod tests {
             let one = find(&text, user).unwrap().unwrap();
             assert_eq!(one.fingerprint(), whole[user].fingerprint(), "{user}");
             for step in [7, 4096] {
-                let c = find_in(Dribble(text.as_bytes(), step), user).ok().flatten();
+                let c = find_in(Dribble(text.as_bytes(), step), user, u64::MAX)
+                    .ok()
+                    .flatten();
                 assert_eq!(
                     c.as_ref().map(Credential::fingerprint),
                     Some(whole[user].fingerprint())
@@ -318,7 +328,9 @@ mod tests {
         }
         let small = format!("a:{BCRYPT}\nalice:{SHA256}\nb:{BCRYPT}");
         for user in ["a", "alice", "b"] {
-            let c = find_in(Dribble(small.as_bytes(), 1), user).ok().flatten();
+            let c = find_in(Dribble(small.as_bytes(), 1), user, u64::MAX)
+                .ok()
+                .flatten();
             assert_eq!(
                 c.as_ref().map(Credential::fingerprint),
                 Some(parse(&small).unwrap()[user].fingerprint())
@@ -359,8 +371,11 @@ mod tests {
         bytes.extend_from_slice(format!("alice:{BCRYPT}\n").as_bytes());
         bytes.extend_from_slice(b"bad:\xff\n");
         bytes.extend_from_slice(b"eve:\xff\n");
-        assert!(find_in(&bytes[..], "alice").ok().flatten().is_some());
-        match find_in(&bytes[..], "eve") {
+        assert!(find_in(&bytes[..], "alice", u64::MAX)
+            .ok()
+            .flatten()
+            .is_some());
+        match find_in(&bytes[..], "eve", u64::MAX) {
             Err(Found::Line(at, m)) => {
                 assert_eq!(line_at(&bytes[..], at).unwrap(), 5);
                 assert!(m.contains("UTF-8"), "{m}");
@@ -377,7 +392,7 @@ mod tests {
         assert!(find(&text, "bob").unwrap().is_some());
         let (line, msg) = find(&text, "l").unwrap_err();
         assert_eq!(line, 3);
-        assert!(msg.contains("longer"), "{msg}");
+        assert!(msg.contains("longer than 65535 bytes"), "{msg}");
         let text = format!("alice:{BCRYPT}{long}\nbob:{BCRYPT}");
         assert_eq!(find(&text, "alice").unwrap_err().0, 1);
         assert!(find(&text, "bob").unwrap().is_some());

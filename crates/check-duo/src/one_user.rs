@@ -58,12 +58,20 @@ impl From<io::Error> for Stop {
 
 type Step<T> = Result<T, Stop>;
 
-/// Read a JSON config from `src` (at most `limit` bytes) and keep, of its top-level
-/// `usernames` object, only the entries of `user`.
-pub fn reduce(src: impl Read, user: &str, limit: u64) -> Result<Reduced, Error> {
+/// A buffer for a file of `size` bytes: the whole file and one byte more (so that one read sees
+/// it all and the next its end), at most [`BUF`]. Untouched pages of a larger buffer would cost
+/// the one-user config a page fault each.
+pub fn buffer_len(size: u64) -> usize {
+    usize::try_from(size.saturating_add(1)).map_or(BUF, |n| n.clamp(1, BUF))
+}
+
+/// Read a JSON config from `src` (at most `limit` bytes; `size`, its length as `stat` says, sizes
+/// the buffer: a small file gets a small one) and keep, of its top-level `usernames` object,
+/// only the entries of `user`.
+pub fn reduce(src: impl Read, user: &str, limit: u64, size: u64) -> Result<Reduced, Error> {
     let mut s = Scanner {
         src,
-        buf: vec![0; BUF].into_boxed_slice(),
+        buf: vec![0; buffer_len(size)].into_boxed_slice(),
         pos: 0,
         len: 0,
         read: 0,
@@ -477,10 +485,14 @@ mod tests {
     use super::*;
 
     fn text(doc: &str, user: &str) -> String {
-        match reduce(doc.as_bytes(), user, 1 << 20).unwrap() {
+        let read = |size| match reduce(doc.as_bytes(), user, 1 << 20, size).unwrap() {
             Reduced::Text { text, .. } => String::from_utf8(text).unwrap(),
             Reduced::Unsure => panic!("unsure: {doc}"),
-        }
+        };
+        // A buffer of one byte crosses every boundary.
+        let whole = read(u64::MAX);
+        assert_eq!(read(0), whole);
+        whole
     }
 
     #[test]
@@ -543,7 +555,7 @@ mod tests {
             ("user4999", format!("$2y$04$h\"{}", "x".repeat(4999 % 97))),
             ("alice", "A".into()),
         ] {
-            match reduce(doc.as_bytes(), user, 1 << 24).unwrap() {
+            match reduce(doc.as_bytes(), user, 1 << 24, u64::MAX).unwrap() {
                 Reduced::Text { text, users } => {
                     assert_eq!(users, 5001);
                     let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
@@ -555,7 +567,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            reduce(doc.as_bytes(), "a", 100_000),
+            reduce(doc.as_bytes(), "a", 100_000, u64::MAX),
             Err(Error::TooLarge)
         ));
     }
@@ -575,7 +587,7 @@ mod tests {
             r#"{"a" 1}"#,
         ] {
             assert_eq!(
-                reduce(doc.as_bytes(), "alice", 1 << 20).unwrap(),
+                reduce(doc.as_bytes(), "alice", 1 << 20, u64::MAX).unwrap(),
                 Reduced::Unsure,
                 "{doc}"
             );
@@ -586,7 +598,7 @@ mod tests {
             "]".repeat(MAX_DEPTH + 1)
         );
         assert_eq!(
-            reduce(deep.as_bytes(), "alice", 1 << 20).unwrap(),
+            reduce(deep.as_bytes(), "alice", 1 << 20, u64::MAX).unwrap(),
             Reduced::Unsure
         );
         // What serde refuses anyway is copied for serde to refuse, with its line number.
