@@ -2,22 +2,34 @@
 //! and peak memory of `check-duo` against spawning `/bin/true` with the same input, interleaved
 //! in one run so that machine noise hits both alike.
 //!
-//! `cargo run --release -p check-duo --example bench_warm [-- ROUNDS]`
-//! (peak memory needs GNU time: `apt-get install time`).
+//! `cargo build --release -p check-duo --bins --examples && target/release/examples/bench_warm
+//! [ROUNDS]` (peak memory needs GNU time: `apt-get install time`).
+//!
+//! Three configs, each with its own store and its session approved once through `duo-sim`:
+//! alice alone in `usernames`; alice among `BENCH_USERS` (10,000) users in `usernames` (argon2id
+//! hashes, about 1.1 MB); alice among as many users in an htpasswd file (bcrypt, as
+//! `htpasswd -B` writes them), the config holding no `usernames`. Each round runs each config
+//! once, each right after a run of `/bin/true`, in an order that turns from round to round; the
+//! ratios are each config's median over `/bin/true`'s.
 //!
 //! `BENCH_BASELINE_EXE=/path/to/other/check-duo` adds another build (say, main before a change)
-//! to the same interleaved loop, for a before/after from one run. It gets a store file of its own
-//! (builds may keep the file differently: WAL or not), with its own session approved once.
+//! to the same interleaved loop, on each config it grants (older builds refuse a config over
+//! 1 MiB), for a before/after from one run. It gets store files of its own (builds may keep the
+//! file differently: WAL or not), with its own sessions approved once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::json;
+use sha2::Digest as _;
 
 const PASSWORD: &str = "bench password";
+const USER: &str = "alice";
 
 fn run(program: &Path, args: &[&str], stdin: &[u8]) -> (bool, Duration) {
     let started = Instant::now();
@@ -72,15 +84,87 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Bytes that look like a hash's, different for each user (nobody signs in with them).
+fn filler(i: usize, len: usize, alphabet: &[u8]) -> String {
+    let mut out = String::with_capacity(len);
+    let mut block = 0u32;
+    while out.len() < len {
+        let digest = sha2::Sha256::digest(format!("{i}/{block}"));
+        for b in digest {
+            if out.len() < len {
+                out.push(alphabet[usize::from(b) % alphabet.len()] as char);
+            }
+        }
+        block += 1;
+    }
+    out
+}
+
+const BCRYPT64: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// `usernames` as JSON text: `users - 1` others and alice in the middle (in file order).
+fn usernames(users: usize, hash: &str) -> String {
+    let mut text = String::from("{");
+    for i in 0..users {
+        if i > 0 {
+            text.push_str(",\n    ");
+        }
+        if i == users / 2 {
+            let _ = write!(text, "\"{USER}\": \"{hash}\"");
+        } else {
+            let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+            let salt = sha2::Sha256::digest(format!("salt {i}"));
+            let key = sha2::Sha256::digest(format!("key {i}"));
+            let _ = write!(
+                text,
+                "\"user{i:05}\": \"$argon2id$v=19$m=19456,t=2,p=1${}${}\"",
+                b64(&salt[..16]),
+                b64(&key)
+            );
+        }
+    }
+    text.push('}');
+    text
+}
+
+/// An htpasswd file: `users - 1` others and alice (bcrypt) in the middle.
+fn htpasswd(users: usize) -> String {
+    let hash = bcrypt::hash(PASSWORD, 5).unwrap();
+    let mut text = String::new();
+    for i in 0..users {
+        if i == users / 2 {
+            let _ = writeln!(text, "{USER}:{hash}");
+        } else {
+            let _ = writeln!(text, "user{i:05}:$2y$05${}", filler(i, 53, BCRYPT64));
+        }
+    }
+    text
+}
+
+struct Case {
+    name: String,
+    config: String,
+    baseline_config: String,
+    gate: Vec<Duration>,
+    base: Vec<Duration>,
+    baseline_grants: bool,
+}
+
 fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(500);
-    let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/check-duo");
-    if !exe.exists() {
-        panic!("build it first: cargo build --release -p check-duo");
-    }
+    let users: usize = std::env::var("BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // target/release/examples/bench_warm → target/release/check-duo
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("check-duo")))
+        .filter(|e| e.exists())
+        .unwrap_or_else(|| panic!("build it first: cargo build --release -p check-duo --bins"));
     let dir = tempfile::tempdir().unwrap();
     let sim = duo_sim::start(duo_sim::SimConfig::new(
         "DIBENCHBENCHBENCHBEN",
@@ -90,45 +174,111 @@ fn main() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sim.ca_pem()).unwrap();
     let hash = check_duo::password::hash_argon2id(PASSWORD).unwrap();
-    let config = dir.path().join("config.json");
-    let cfg = json!({
-        "usernames": {"alice": hash},
-        "duo": {"ikey": "DIBENCHBENCHBENCHBEN", "skey": "bench-skey", "host": sim.host(), "ca_file": ca},
-        "cache": {"path": dir.path().join("sessions.db")},
-        "session": {"name": "formsession", "expiry": 3600}
-    });
-    std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let config = config.to_str().unwrap().to_string();
-    let args = ["-c", config.as_str()];
-    let stdin = format!("alice\n{PASSWORD}\n").into_bytes();
+    let users_file = dir.path().join("users.htpasswd");
+    std::fs::write(&users_file, htpasswd(users)).unwrap();
+    let one = json!({ USER: hash }).to_string();
+    let many = usernames(users, &hash);
+    let write_config = |name: &str, users: Option<&str>, store: &str| -> String {
+        let mut cfg = json!({
+            "duo": {"ikey": "DIBENCHBENCHBENCHBEN", "skey": "bench-skey", "host": sim.host(), "ca_file": ca},
+            "cache": {"path": dir.path().join(store)},
+            "session": {"name": "formsession", "expiry": 3600}
+        });
+        if users.is_none() {
+            cfg["htpasswd"] = json!(users_file);
+        }
+        let mut text = serde_json::to_string_pretty(&cfg).unwrap();
+        if let Some(u) = users {
+            // By hand, to keep the file's order (alice in the middle).
+            text = text.replacen('{', &format!("{{\n  \"usernames\": {u},"), 1);
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let mut cases = Vec::new();
+    for (name, users_json, file) in [
+        (
+            "1 user in `usernames`".to_string(),
+            Some(one.as_str()),
+            "one",
+        ),
+        (
+            format!("{users} users in `usernames`"),
+            Some(many.as_str()),
+            "many",
+        ),
+        (
+            format!("{users} users in an htpasswd file"),
+            None,
+            "htpasswd",
+        ),
+    ] {
+        cases.push(Case {
+            name,
+            config: write_config(&format!("{file}.json"), users_json, &format!("{file}.db")),
+            baseline_config: write_config(
+                &format!("{file}-baseline.json"),
+                users_json,
+                &format!("{file}-baseline.db"),
+            ),
+            gate: Vec::new(),
+            base: Vec::new(),
+            baseline_grants: false,
+        });
+    }
+    let stdin = format!("{USER}\n{PASSWORD}\n").into_bytes();
+    let other = std::env::var_os("BENCH_BASELINE_EXE").map(PathBuf::from);
 
-    // Warm the session: one push, approved by the simulator.
-    let (ok, cold) = run(&exe, &args, &stdin);
-    assert!(ok, "the cold request was not granted");
-
-    let truth = Path::new("/bin/true");
-    let other = std::env::var_os("BENCH_BASELINE_EXE").map(std::path::PathBuf::from);
-    let other_config = dir.path().join("config-baseline.json");
-    let mut other_cfg = cfg.clone();
-    other_cfg["cache"]["path"] = json!(dir.path().join("sessions-baseline.db"));
-    std::fs::write(&other_config, serde_json::to_vec(&other_cfg).unwrap()).unwrap();
-    let other_config = other_config.to_str().unwrap().to_string();
-    let other_args = ["-c", other_config.as_str()];
-    if let Some(other) = &other {
-        let (ok, _) = run(other, &other_args, &stdin);
-        assert!(ok, "the baseline build's cold request was not granted");
+    // Warm each session: one push, approved by the simulator.
+    let mut sizes = Vec::new();
+    for case in &mut cases {
+        let (ok, cold) = run(&exe, &["-c", &case.config], &stdin);
+        assert!(ok, "{}: the cold request was not granted", case.name);
+        sizes.push(format!(
+            "{}: config {} bytes, cold request {:.1} ms",
+            case.name,
+            std::fs::metadata(&case.config).unwrap().len(),
+            cold.as_secs_f64() * 1000.0
+        ));
+        if let Some(other) = &other {
+            case.baseline_grants = run(other, &["-c", &case.baseline_config], &stdin).0;
+            if !case.baseline_grants {
+                sizes.push(format!("{}: the baseline build refuses it", case.name));
+            }
+        }
     }
     let calls = sim.counters().duo_calls();
-    let (mut gate, mut base, mut prev) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let (ok, d) = run(&exe, &args, &stdin);
-        assert!(ok, "a warm request was denied");
-        gate.push(d);
-        base.push(run(truth, &[], &stdin).1);
-        if let Some(other) = &other {
-            let (ok, d) = run(other, &other_args, &stdin);
-            assert!(ok, "a warm request was denied by the baseline build");
-            prev.push(d);
+    let truth = Path::new("/bin/true");
+    let mut base = Vec::new();
+    // Every run of check-duo comes right after one of /bin/true, and the order of the runs turns
+    // round by round: a program run right after itself runs warmer (about 0.2 ms here), which
+    // would favour whichever came second.
+    let mut runs = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        runs.push((i, false));
+        if other.is_some() && case.baseline_grants {
+            runs.push((i, true));
+        }
+    }
+    for round in 0..rounds {
+        for k in 0..runs.len() {
+            let (i, baseline) = runs[(round + k) % runs.len()];
+            base.push(run(truth, &[], &stdin).1);
+            let case = &mut cases[i];
+            if let (Some(other), true) = (&other, baseline) {
+                let (ok, d) = run(other, &["-c", &case.baseline_config], &stdin);
+                assert!(
+                    ok,
+                    "{}: a warm request was denied by the baseline",
+                    case.name
+                );
+                case.base.push(d);
+            } else {
+                let (ok, d) = run(&exe, &["-c", &case.config], &stdin);
+                assert!(ok, "{}: a warm request was denied", case.name);
+                case.gate.push(d);
+            }
         }
     }
     assert_eq!(
@@ -136,65 +286,46 @@ fn main() {
         calls,
         "the warm path called Duo"
     );
-    gate.sort();
     base.sort();
-    prev.sort();
-
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let med_gate = percentile(&gate, 0.5);
     let med_base = percentile(&base, 0.5);
-    println!(
-        "warm path, {rounds} interleaved runs each (cold request: {:.1} ms)",
-        ms(cold)
-    );
-    println!();
-    println!("| program | median ms | p90 ms | p99 ms | peak RSS KiB |");
-    println!("|---|---|---|---|---|");
-    let peak_gate = (0..5).filter_map(|_| peak_kib(&exe, &args, &stdin)).max();
-    let peak_base = (0..5).filter_map(|_| peak_kib(truth, &[], &stdin)).max();
+    let ratio = |d: Duration| d.as_secs_f64() / med_base.as_secs_f64();
     let kib = |k: Option<u64>| k.map_or("n/a (install GNU time)".to_string(), |k| k.to_string());
-    println!(
-        "| check-duo (warm) | {:.2} | {:.2} | {:.2} | {} |",
-        ms(med_gate),
-        ms(percentile(&gate, 0.9)),
-        ms(percentile(&gate, 0.99)),
-        kib(peak_gate)
-    );
-    if let Some(other) = &other {
-        let peak = (0..5)
-            .filter_map(|_| peak_kib(other, &other_args, &stdin))
-            .max();
-        println!(
-            "| baseline build (warm) | {:.2} | {:.2} | {:.2} | {} |",
-            ms(percentile(&prev, 0.5)),
-            ms(percentile(&prev, 0.9)),
-            ms(percentile(&prev, 0.99)),
-            kib(peak)
-        );
+    println!("warm path, {rounds} interleaved rounds");
+    for s in &sizes {
+        println!("  {s}");
     }
-    println!(
-        "| /bin/true | {:.2} | {:.2} | {:.2} | {} |",
-        ms(med_base),
-        ms(percentile(&base, 0.9)),
-        ms(percentile(&base, 0.99)),
-        kib(peak_base)
-    );
     println!();
     println!(
-        "ratio check-duo / /bin/true: wall (median) {:.2}x",
-        med_gate.as_secs_f64() / med_base.as_secs_f64()
+        "| program | median ms | p90 ms | p99 ms | peak RSS KiB | ratio to /bin/true (median) |"
     );
-    if other.is_some() {
+    println!("|---|---|---|---|---|---|");
+    let row = |name: &str, samples: &mut Vec<Duration>, peak: Option<u64>| {
+        samples.sort();
+        let med = percentile(samples, 0.5);
         println!(
-            "ratio baseline build / /bin/true: wall (median) {:.2}x",
-            percentile(&prev, 0.5).as_secs_f64() / med_base.as_secs_f64()
+            "| {name} | {:.2} | {:.2} | {:.2} | {} | {:.2}x |",
+            ms(med),
+            ms(percentile(samples, 0.9)),
+            ms(percentile(samples, 0.99)),
+            kib(peak),
+            ratio(med)
         );
+    };
+    for case in &mut cases {
+        let args = ["-c", case.config.as_str()];
+        let peak = (0..5).filter_map(|_| peak_kib(&exe, &args, &stdin)).max();
+        row(&format!("check-duo, {}", case.name), &mut case.gate, peak);
+        if let (Some(other), true) = (&other, case.baseline_grants) {
+            let args = ["-c", case.baseline_config.as_str()];
+            let peak = (0..5).filter_map(|_| peak_kib(other, &args, &stdin)).max();
+            row(
+                &format!("baseline build, {}", case.name),
+                &mut case.base,
+                peak,
+            );
+        }
     }
-    if let (Some(g), Some(b)) = (peak_gate, peak_base) {
-        println!(
-            "ratio check-duo / /bin/true: peak memory {:.2}x ({:.1} MiB)",
-            g as f64 / b as f64,
-            g as f64 / 1024.0
-        );
-    }
+    let peak_base = (0..5).filter_map(|_| peak_kib(truth, &[], &stdin)).max();
+    row("/bin/true", &mut base, peak_base);
 }

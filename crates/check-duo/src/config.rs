@@ -19,8 +19,10 @@ use serde::Deserialize;
 
 /// Where the embedded store lives when the config names no cache.
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/check-duo/sessions.db";
-/// Config files larger than this are not configs.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Config files larger than this are not configs. 10,000 users in `usernames` take about 1.1 MB
+/// (argon2id hashes); the cap leaves room for ten times as many (a directory that large wants
+/// `htpasswd` or LDAP).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// A configuration error: the file, the key (dotted path, empty for the whole file) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,10 @@ pub struct Config {
     /// The users of `username`/`usernames` (the policy's users are these plus the htpasswd
     /// file's).
     pub config_users: BTreeMap<String, Credential>,
+    /// Set by [`Config::load_user`] (the pipe mode): `policy.users`, `config_users` and the
+    /// TOTP secrets then hold this user's entries at most, and `groups` was not checked
+    /// against the users. `None`: every user, every check.
+    pub only_user: Option<String>,
     /// The htpasswd file, if any.
     pub htpasswd: Option<PathBuf>,
     /// Each user's groups (from `groups`), sorted.
@@ -121,7 +127,7 @@ pub fn with_htpasswd(
 struct RawConfig {
     username: Option<String>,
     password: Option<String>,
-    usernames: Option<BTreeMap<String, String>>,
+    usernames: Option<Usernames>,
     /// An Apache htpasswd file of more users.
     htpasswd: Option<PathBuf>,
     /// Groups: name → its users.
@@ -136,6 +142,64 @@ struct RawConfig {
     audit: Option<crate::audit::RawAudit>,
     server: Option<crate::serve::settings::RawServer>,
     ldap: Option<crate::ldap::RawLdap>,
+}
+
+/// `usernames`, in the file's order, a name given twice kept twice (a config error, where a map
+/// would keep the last one silently).
+struct Usernames(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Usernames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Usernames;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of user names to password hashes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Usernames, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Usernames(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// The pipe mode's users: `user`'s entry alone, from `username`/`usernames` (`config_users`)
+/// or the htpasswd file; in both is an error, as [`with_htpasswd`] says for any user.
+pub fn only_user(
+    config_users: &BTreeMap<String, Credential>,
+    htpasswd: Option<&Path>,
+    user: &str,
+) -> Result<BTreeMap<String, Credential>, String> {
+    let mut users = BTreeMap::new();
+    if let Some(cred) = config_users.get(user) {
+        users.insert(user.to_string(), cred.clone());
+    }
+    if let Some(path) = htpasswd {
+        if let Some(cred) = crate::htpasswd::find(path, user)? {
+            if users.insert(user.to_string(), cred).is_some() {
+                return Err(format!(
+                    "{}: user {user:?} is also in `usernames`: keep one",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(users)
+}
+
+/// What [`Config::load_user`] read: the user, and how many entries `usernames` had in all.
+#[derive(Clone, Copy)]
+struct Only<'a> {
+    user: &'a str,
+    entries: usize,
 }
 
 #[derive(Deserialize)]
@@ -251,8 +315,49 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// The pipe mode's read, for a request of `user`: the file with only `user`'s entry of
+    /// `usernames` (see [`crate::one_user`]), and only `user`'s line of the htpasswd file (see
+    /// [`crate::htpasswd::find`]), so that a request costs the same with 10,000 users as with
+    /// one. Every other key is checked as [`Config::load`] checks it, and so is the user's
+    /// entry; what is not checked here: the other users' entries, a name of another user in
+    /// both `usernames` and the htpasswd file, and `groups` or `totp` entries naming users who
+    /// do not exist (`config check` and `serve` report them all). A file the scanner does not
+    /// follow is read whole, as [`Config::load`] reads it.
+    pub fn load_user(path: &Path, user: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err("file too large".into()));
+        }
+        match crate::one_user::reduce(file, user, MAX_CONFIG_BYTES, meta.len()) {
+            Ok(crate::one_user::Reduced::Text { text, users }) => Config::from_text(
+                path,
+                &text,
+                Some(Only {
+                    user,
+                    entries: users,
+                }),
+            ),
+            Ok(crate::one_user::Reduced::Unsure) => Config::load(path),
+            Err(crate::one_user::Error::TooLarge) => Err(err("file too large".into())),
+            Err(crate::one_user::Error::Io(e)) => Err(err(format!("cannot read: {e}"))),
+        }
+    }
+
     /// Check a config from its bytes; `path` names it in errors and resolves nothing.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_text(path, text, None)
+    }
+
+    /// [`Config::parse`], of every user or (`only`) of one.
+    fn from_text(path: &Path, text: &[u8], only: Option<Only<'_>>) -> Result<Config, ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             file: path.to_path_buf(),
             key: key.to_string(),
@@ -271,16 +376,28 @@ impl Config {
             err(&key, message)
         })?;
 
-        let config_users = users(&raw, &err)?;
-        let users = match &raw.htpasswd {
-            Some(p) => with_htpasswd(&config_users, p).map_err(|m| err("htpasswd", m))?,
-            None => config_users.clone(),
+        let mut config_users = users(&raw, &err)?;
+        let users = match (only, &raw.htpasswd) {
+            (Some(o), h) => {
+                let users = only_user(&config_users, h.as_deref(), o.user)
+                    .map_err(|m| err("htpasswd", m))?;
+                config_users.retain(|u, _| u == o.user);
+                users
+            }
+            (None, Some(p)) => with_htpasswd(&config_users, p).map_err(|m| err("htpasswd", m))?,
+            (None, None) => config_users.clone(),
         };
         let ldap = match &raw.ldap {
             Some(l) => Some(crate::ldap::LdapConfig::from_raw(l).map_err(|(k, m)| err(&k, m))?),
             None => None,
         };
-        if users.is_empty() && ldap.is_none() {
+        // One user's read cannot tell an htpasswd file without users from one without this
+        // user: only a config with no source of users at all is refused.
+        let none = match only {
+            Some(o) => o.entries == 0 && raw.username.is_none() && raw.htpasswd.is_none(),
+            None => users.is_empty(),
+        };
+        if none && ldap.is_none() {
             return Err(err(
                 "usernames",
                 "no user configured (set `usernames`, `username` and `password`, `htpasswd` or `ldap`)"
@@ -301,8 +418,9 @@ impl Config {
                 ));
             }
             for m in members {
-                // With a directory, a group of the config may name its users too.
-                if !users.contains_key(m) && ldap.is_none() {
+                // With a directory, a group of the config may name its users too; one user's
+                // read does not know the others.
+                if only.is_none() && !users.contains_key(m) && ldap.is_none() {
                     return Err(err(&key, format!("{m:?} is not a configured user")));
                 }
                 groups.entry(m.clone()).or_default().push(group.clone());
@@ -311,7 +429,7 @@ impl Config {
         let mut profiles = BTreeMap::new();
         for (user, p) in raw.profiles.iter().flatten() {
             let key = format!("profiles.{user}");
-            if !users.contains_key(user) && ldap.is_none() {
+            if only.is_none() && !users.contains_key(user) && ldap.is_none() {
                 return Err(err(&key, "not a configured user".into()));
             }
             check_profile(p).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
@@ -357,6 +475,9 @@ impl Config {
         };
         let mut totp = BTreeMap::new();
         for (user, secret) in raw.totp.iter().flatten() {
+            if only.is_some_and(|o| o.user != user) {
+                continue;
+            }
             let key = format!("totp.{user}");
             if !users.contains_key(user) {
                 return Err(err(&key, "not a configured user".into()));
@@ -394,6 +515,7 @@ impl Config {
             audit,
             server,
             config_users,
+            only_user: only.map(|o| o.user.to_string()),
             htpasswd: raw.htpasswd.clone(),
             groups,
             profiles,
@@ -453,7 +575,7 @@ fn users(raw: &RawConfig, err: &ErrFn<'_>) -> Result<BTreeMap<String, Credential
         (None, Some(_)) => return Err(err("username", "missing (password needs it)".into())),
         (None, None) => {}
     }
-    for (name, hash) in raw.usernames.iter().flatten() {
+    for (name, hash) in raw.usernames.iter().flat_map(|u| &u.0) {
         let key = format!("usernames.{name}");
         check_username(name).map_err(|m| err(&key, m))?;
         let cred = credential(hash);
@@ -1042,5 +1164,263 @@ mod tests {
         for t in ["", "null", "[]", "{", "{\"duo\": 1}", "\u{0}"] {
             assert!(parse(t).is_err(), "{t:?}");
         }
+    }
+
+    const ARGON: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$Z3JvdW5kdHJ1dGhncm91bmR0cnV0aA";
+    const BCRYPT: &str = "$2y$05$9CjMY.IHgsYKSidpxQVY5ufJZGc4ks6zb5u0I5FIHu0KOE2ncl6Aa";
+    const DUO: &str = r#""duo": {"ikey": "I", "skey": "S", "host": "127.0.0.1:8443"},
+        "cache": {"path": "/tmp/x.db"}"#;
+
+    /// A config file of `users` (name, hash) in this order, and `more` keys, in a temp dir.
+    fn file(dir: &tempfile::TempDir, users: &[(String, &str)], more: &str) -> PathBuf {
+        let entries: Vec<String> = users
+            .iter()
+            .map(|(u, h)| format!("    {}: {}", json_str(u), json_str(h)))
+            .collect();
+        let text = format!(
+            "{{\"usernames\": {{\n{}\n}},\n{DUO}{more}}}",
+            entries.join(",\n")
+        );
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn json_str(s: &str) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    /// `n` users, with hashes as long as `hash-password`'s.
+    fn many(n: usize) -> Vec<(String, &'static str)> {
+        const LONG: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$\
+                            Z3JvdW5kdHJ1dGhncm91bmR0cnV0aGdyb3VuZHRydXRo";
+        (0..n).map(|i| (format!("user{i:05}"), LONG)).collect()
+    }
+
+    #[test]
+    fn the_pipe_mode_reads_the_one_user_among_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut users = many(3000);
+        users.insert(1500, ("alice".into(), BCRYPT));
+        let path = file(&dir, &users, "");
+        let one = Config::load_user(&path, "alice").unwrap();
+        assert_eq!(one.only_user.as_deref(), Some("alice"));
+        assert_eq!(one.policy.users.len(), 1);
+        assert!(matches!(one.policy.users["alice"], Credential::Bcrypt(ref h) if h == BCRYPT));
+        assert_eq!(one.config_users.len(), 1);
+        // The rest is what the whole file's read gives.
+        let all = Config::load(&path).unwrap();
+        assert_eq!(all.policy.users.len(), 3001);
+        assert_eq!(all.only_user, None);
+        assert_eq!(one.duo.host, all.duo.host);
+        assert_eq!(one.session_name, all.session_name);
+        assert_eq!(
+            one.policy.users["alice"].fingerprint(),
+            all.policy.users["alice"].fingerprint()
+        );
+        for user in ["user00000", "user02999"] {
+            let c = Config::load_user(&path, user).unwrap();
+            assert_eq!(c.policy.users.keys().collect::<Vec<_>>(), [user]);
+        }
+        // Someone else: no user, no error (the gate denies an unknown user).
+        let none = Config::load_user(&path, "mallory").unwrap();
+        assert!(none.policy.users.is_empty());
+    }
+
+    #[test]
+    fn the_users_own_errors_are_errors_and_the_others_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut users = many(100);
+        users.push(("alice".into(), "$argon2id$v=19$m=19456,t=2,p=1$***$***"));
+        users.push(("bob".into(), "plaintext"));
+        let path = file(&dir, &users, "");
+        let e = Config::load_user(&path, "alice").unwrap_err();
+        assert_eq!(e.key, "usernames.alice");
+        assert!(e.message.contains("argon2id"), "{e}");
+        assert_eq!(
+            Config::load_user(&path, "bob").unwrap_err().key,
+            "usernames.bob"
+        );
+        // Another user's broken entry does not deny this one; `config check` and `serve` refuse
+        // the file.
+        assert_eq!(
+            Config::load_user(&path, "user00007")
+                .unwrap()
+                .policy
+                .users
+                .len(),
+            1
+        );
+        assert_eq!(Config::load(&path).unwrap_err().key, "usernames.alice");
+    }
+
+    #[test]
+    fn a_user_named_twice_is_an_error_in_both_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut users = many(10);
+        users.insert(2, ("alice".into(), ARGON));
+        users.push(("alice".into(), BCRYPT));
+        let path = file(&dir, &users, "");
+        for e in [
+            Config::load_user(&path, "alice").unwrap_err(),
+            Config::load(&path).unwrap_err(),
+        ] {
+            assert_eq!(e.key, "usernames.alice");
+            assert!(e.message.contains("twice"), "{e}");
+        }
+        assert!(Config::load_user(&path, "user00003").is_ok());
+        // `usernames` itself twice: serde's duplicate field.
+        let text = format!(r#"{{"usernames": {{}}, "usernames": {{"alice": "{ARGON}"}}, {DUO}}}"#);
+        let path = dir.path().join("twice.json");
+        std::fs::write(&path, text).unwrap();
+        for e in [
+            Config::load_user(&path, "alice").unwrap_err(),
+            Config::load(&path).unwrap_err(),
+        ] {
+            assert!(e.message.contains("duplicate field `usernames`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_other_keys_are_checked_as_in_the_whole_read_on_the_same_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut users = many(500);
+        users.push(("alice".into(), ARGON));
+        let path = file(&dir, &users, ",\n  \"session\": {\"expiry\": \"soon\"}");
+        let one = Config::load_user(&path, "alice").unwrap_err();
+        let all = Config::load(&path).unwrap_err();
+        assert_eq!(one.key, "session.expiry");
+        assert_eq!(one, all);
+        assert!(one.message.contains("line 506"), "{one}");
+        // Neither an unknown key nor a broken document passes.
+        let path = file(&dir, &users, ",\n  \"sesion\": {}");
+        assert!(Config::load_user(&path, "alice")
+            .unwrap_err()
+            .message
+            .contains("sesion"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"user00001\": \"", "\"user00001\" \"");
+        std::fs::write(&path, text).unwrap();
+        assert!(Config::load_user(&path, "alice").is_err());
+    }
+
+    #[test]
+    fn groups_and_totp_of_unknown_users_are_left_to_config_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = [("alice".to_string(), ARGON), ("bob".to_string(), ARGON)];
+        for (more, key) in [
+            (
+                r#", "groups": {"staff": ["alice", "nobody"]}"#,
+                "groups.staff",
+            ),
+            (r#", "totp": {"nobody": "JBSWY3DPEHPK3PXP"}"#, "totp.nobody"),
+        ] {
+            let path = file(&dir, &users, more);
+            assert_eq!(Config::load(&path).unwrap_err().key, key);
+            assert!(Config::load_user(&path, "alice").is_ok(), "{more}");
+        }
+        // The user's own TOTP secret is read, and checked.
+        let path = file(
+            &dir,
+            &users,
+            r#", "totp": {"alice": "JBSWY3DPEHPK3PXP", "bob": "!"}"#,
+        );
+        let c = Config::load_user(&path, "alice").unwrap();
+        assert_eq!(c.policy.totp.keys().collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(Config::load_user(&path, "bob").unwrap_err().key, "totp.bob");
+    }
+
+    #[test]
+    fn htpasswd_users_in_the_pipe_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let users_file = dir.path().join("users");
+        let mut lines: String = (0..2000)
+            .map(|i| format!("user{i:05}:{BCRYPT}\n"))
+            .collect();
+        lines.push_str("bob:$apr1$L.uqVY/L$VhwY98cFoaBkB77YVLeTS0\nalice:");
+        lines.push_str(BCRYPT);
+        std::fs::write(&users_file, &lines).unwrap();
+        let more = format!(
+            r#", "htpasswd": {}"#,
+            json_str(users_file.to_str().unwrap())
+        );
+        let path = file(&dir, &[("carol".into(), ARGON)], &more);
+        let c = Config::load_user(&path, "alice").unwrap();
+        assert_eq!(c.policy.users.keys().collect::<Vec<_>>(), ["alice"]);
+        assert!(matches!(c.policy.users["alice"], Credential::Bcrypt(_)));
+        let c = Config::load_user(&path, "carol").unwrap();
+        assert_eq!(c.policy.users.keys().collect::<Vec<_>>(), ["carol"]);
+        // bob's weak line is his error, with its line; the whole read refuses the file.
+        let e = Config::load_user(&path, "bob").unwrap_err();
+        assert_eq!(e.key, "htpasswd");
+        assert!(
+            e.message.contains("users line 2001") && e.message.contains("APR1"),
+            "{e}"
+        );
+        assert!(Config::load(&path)
+            .unwrap_err()
+            .message
+            .contains("line 2001"));
+        // A name in both: an error for that user.
+        let path = file(&dir, &[("alice".into(), ARGON)], &more);
+        let e = Config::load_user(&path, "alice").unwrap_err();
+        assert!(
+            e.message.contains("\"alice\" is also in `usernames`"),
+            "{e}"
+        );
+        assert!(Config::load_user(&path, "user00001").is_ok());
+        // No source of users at all is still refused; a file without this user is not.
+        let path = dir.path().join("none.json");
+        std::fs::write(&path, format!("{{{DUO}}}")).unwrap();
+        assert_eq!(
+            Config::load_user(&path, "alice").unwrap_err().key,
+            "usernames"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_users_fit_under_the_cap_and_the_cap_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut users = many(10_000);
+        users.push(("alice".into(), ARGON));
+        let path = file(&dir, &users, "");
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 1 << 20, "{len}");
+        assert_eq!(Config::load(&path).unwrap().policy.users.len(), 10_001);
+        assert_eq!(
+            Config::load_user(&path, "alice")
+                .unwrap()
+                .policy
+                .users
+                .len(),
+            1
+        );
+        // Over the cap: refused by both, without reading it.
+        let big = dir.path().join("big.json");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        for e in [
+            Config::load(&big).unwrap_err(),
+            Config::load_user(&big, "alice").unwrap_err(),
+        ] {
+            assert_eq!(e.message, "file too large");
+        }
+    }
+
+    #[test]
+    fn a_document_the_scanner_does_not_follow_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another user's entry that is not a string: the whole read reports it.
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"usernames": {{"bob": 1, "alice": "{ARGON}"}}, {DUO}}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load_user(&path, "alice").unwrap_err().key,
+            "usernames.bob"
+        );
     }
 }

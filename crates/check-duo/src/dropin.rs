@@ -48,7 +48,9 @@ pub fn run(config: &Path, protocol: Protocol, started: Instant) -> bool {
     let loaded = crate::privilege::check_config_path(config)
         .map_err(|reason| Decision::deny(Event::ConfigError, reason))
         .and_then(|()| {
-            Config::load(config).map_err(|e| Decision::deny(Event::ConfigError, e.to_string()))
+            // Only what this request needs: the user's entry, not every user's.
+            Config::load_user(config, &req.user)
+                .map_err(|e| Decision::deny(Event::ConfigError, e.to_string()))
         });
     let about = About {
         user: &req.user,

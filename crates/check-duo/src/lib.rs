@@ -16,6 +16,7 @@ pub mod duo;
 pub mod htpasswd;
 pub mod input;
 pub mod ldap;
+pub mod one_user;
 pub mod password;
 pub mod privilege;
 pub mod serve;

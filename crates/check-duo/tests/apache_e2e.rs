@@ -33,6 +33,8 @@ const PASSWORD: &str = "correct horse, battery=staple&1";
 const SECRET: &str = "check-duo-e2e-protected-content";
 /// Long enough for a debug build, a cold Chromium and a loaded 2-core machine.
 const PAGE: Duration = Duration::from_secs(20);
+/// Apache's own tool (apache2-utils).
+const HTPASSWD: &str = "/usr/bin/htpasswd";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -53,6 +55,9 @@ struct Options {
     hashed: bool,
     /// The config's `limits` section, if any.
     limits: Option<serde_json::Value>,
+    /// alice comes from an htpasswd file written by Apache's `htpasswd -B` (the config has
+    /// `htpasswd` and no `usernames`), instead of the config.
+    htpasswd: bool,
 }
 
 impl Default for Options {
@@ -64,6 +69,7 @@ impl Default for Options {
             apaches: 1,
             hashed: true,
             limits: None,
+            htpasswd: false,
         }
     }
 }
@@ -87,6 +93,9 @@ fn world(test: &str, opts: Options) -> Option<World> {
     ];
     if opts.store == Store::Redis {
         tools.push(("redis-server", REDIS_SERVER));
+    }
+    if opts.htpasswd {
+        tools.push(("htpasswd (apache2-utils)", HTPASSWD));
     }
     if !support::tools_present(test, &tools) {
         return None;
@@ -134,7 +143,12 @@ fn world(test: &str, opts: Options) -> Option<World> {
         "failmode": "secure", "push_timeout": 10, "call_timeout": 5,
     });
     let session = json!({ "name": "formsession", "expiry": opts.expiry });
-    let config = if opts.hashed {
+    let config = if opts.htpasswd {
+        let file = dir.path().join("users.htpasswd");
+        write_htpasswd(&file, USER, PASSWORD);
+        chmod(&file, 0o644);
+        json!({ "htpasswd": file, "duo": duo, "cache": cache, "session": session })
+    } else if opts.hashed {
         // Cost 4: a debug build checks it on every request, assets included.
         let hash = bcrypt::hash(PASSWORD, 4).unwrap();
         json!({ "usernames": { USER: hash }, "duo": duo, "cache": cache, "session": session })
@@ -177,6 +191,34 @@ fn world(test: &str, opts: Options) -> Option<World> {
         sim,
         _dir: dir,
     })
+}
+
+/// `htpasswd -c -i -B FILE user` with the password on stdin: the file as Apache's tool writes it
+/// (bcrypt at the lowest cost: a debug build checks it on every cold request).
+fn write_htpasswd(file: &Path, user: &str, password: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(HTPASSWD)
+        .args(["-c", "-i", "-B", "-C", "4"])
+        .arg(file)
+        .arg(user)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "htpasswd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = fs::read_to_string(file).unwrap();
+    assert!(text.starts_with(&format!("{user}:$2y$04$")), "{text}");
 }
 
 /// The site: the shipped login page, a protected page, and a protected page with 20 assets.
@@ -762,4 +804,52 @@ fn background_polls_after_expiry_never_push() {
     w.browser.goto(&w.apache(0).url("/private/"));
     w.wait_for_protected("/private/");
     assert_eq!(w.counters().auth, 2, "{:?}", w.counters());
+}
+
+/// A user of an htpasswd file written by Apache's `htpasswd -B` (the config has `htpasswd` and
+/// no `usernames`): the form, the push approved in duo-sim, the protected page; then, signed
+/// out, a wrong password goes back to the login page without a push.
+#[test]
+fn htpasswd_user_signs_in_through_the_form() {
+    let Some(w) = world(
+        "htpasswd_user",
+        Options {
+            push: PushKind::Manual,
+            htpasswd: true,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    w.login(0, USER, PASSWORD);
+    let push = w
+        .sim
+        .wait_for_pending(PAGE)
+        .unwrap_or_else(|| panic!("no push was sent\n{}", w.error_logs()));
+    assert_eq!(push.username, USER);
+    assert!(w.sim.approve(&push.txid));
+    w.wait_for_protected("/private/");
+    assert_eq!(w.counters().auth, 1);
+    // The next page is the cache's.
+    w.browser.goto(&w.apache(0).url("/private/assets.html"));
+    w.wait_for_protected("/private/assets.html");
+    assert_eq!(w.counters().auth, 1, "{:?}", w.counters());
+
+    w.browser.goto(&w.apache(0).url("/logout"));
+    w.wait_for_login_page();
+    w.login(0, USER, "not the password");
+    w.wait_for_login_page();
+    let c = w.counters();
+    assert_eq!(
+        (c.preauth, c.auth),
+        (1, 1),
+        "a wrong password reached Duo: {c:?}"
+    );
+    assert_eq!(w.pushes().len(), 1);
+    let log = w.error_logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("user=\"alice\"") && l.contains("wrong password")),
+        "no denial for the wrong password:\n{log}"
+    );
 }

@@ -118,9 +118,11 @@ fn the_pipe_mode_signs_in_users_of_an_htpasswd_file() {
         assert_eq!(sim.counters().duo_calls(), calls);
     }
 
-    // A weak entry (htpasswd's default, APR1-MD5) refuses the whole config, naming the line.
+    // A weak entry (htpasswd's default, APR1-MD5) is its user's error, naming the line; the
+    // pipe mode reads only the requesting user's line, so alice still signs in, and
+    // `config check` refuses the whole file.
     htpasswd(&file, "-m", "carol", "pw-carol");
-    let out = pipe(&config, "alice", "pw-alice");
+    let out = pipe(&config, "carol", "pw-carol");
     assert!(!out.granted);
     assert!(
         out.log.contains("users.htpasswd line 3") && out.log.contains("APR1-MD5"),
@@ -131,6 +133,18 @@ fn the_pipe_mode_signs_in_users_of_an_htpasswd_file() {
         out.log.contains("htpasswd -B"),
         "how to re-hash: {}",
         out.log
+    );
+    assert!(pipe(&config, "alice", "pw-alice").granted);
+    let check = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+        .args(["config", "check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("users.htpasswd line 3"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
     );
     // A user in both the file and `usernames` is a config error.
     htpasswd(&file, "-B", "carol", "pw-carol");
@@ -150,6 +164,14 @@ fn the_pipe_mode_signs_in_users_of_an_htpasswd_file() {
         text.contains("htpasswd") && text.contains("\"alice\" is also in `usernames`"),
         "{text}"
     );
+    // In the pipe mode, for that user; another user of the file is not concerned.
+    let out = pipe(&config, "alice", "pw-alice");
+    assert!(
+        !out.granted && out.log.contains("alice") && out.log.contains("is also in `usernames`"),
+        "{}",
+        out.log
+    );
+    assert!(pipe(&config, "bob", "pw-bob").granted);
 }
 
 #[test]
@@ -242,4 +264,81 @@ fn serve_reads_the_file_again_and_groups_reach_the_headers_and_rules() {
     .status
         == 200));
     s.stop();
+}
+
+/// 10,000 users (over the old 1 MiB cap) in `usernames`, and as many in an htpasswd file, through
+/// the binary: the pipe mode signs in the one user, the warm request is a cache hit, and the
+/// other users' entries are not read (one of them broken does not deny this user), while
+/// `config check` reads them all and refuses the broken one.
+#[test]
+fn ten_thousand_users_through_the_binary() {
+    if !tool("ten thousand users") {
+        return;
+    }
+    let (dir, sim, file, mut cfg) = world(&[("-B", "alice", "pw-alice")]);
+    cfg["session"] = json!({"name": "formsession", "expiry": 3600});
+    // Hashes as long as real ones; nobody signs in with them.
+    let argon = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$\
+                 Z3JvdW5kdHJ1dGhncm91bmR0cnV0aGdyb3VuZHRydXRo";
+    let bcrypt = "$2y$05$9CjMY.IHgsYKSidpxQVY5ufJZGc4ks6zb5u0I5FIHu0KOE2ncl6Aa";
+    let mut many = serde_json::Map::new();
+    for i in 0..10_000 {
+        many.insert(format!("user{i:05}"), json!(argon));
+    }
+    let mut with_usernames = cfg.clone();
+    with_usernames.as_object_mut().unwrap().remove("htpasswd");
+    many.insert("bob".into(), json!(support::world::argon2_hash("pw-bob")));
+    with_usernames["usernames"] = Value::Object(many);
+    let big = write(&dir.path().join("big.json"), &with_usernames);
+    assert!(std::fs::metadata(&big).unwrap().len() > 1 << 20);
+
+    // alice's file: her line among 10,000 others, written after hers.
+    let mut lines = std::fs::read_to_string(&file).unwrap();
+    for i in 0..10_000 {
+        lines.push_str(&format!("user{i:05}:{bcrypt}\n"));
+    }
+    std::fs::write(&file, &lines).unwrap();
+    let small = write(&dir.path().join("config.json"), &cfg);
+
+    for (config, user, pw) in [(&big, "bob", "pw-bob"), (&small, "alice", "pw-alice")] {
+        let out = pipe(config, user, pw);
+        assert!(out.granted, "{user}: {}", out.log);
+        let calls = sim.counters().duo_calls();
+        let warm = pipe(config, user, pw);
+        assert!(warm.log.contains("event=cache_hit"), "{}", warm.log);
+        assert_eq!(sim.counters().duo_calls(), calls);
+        assert!(!pipe(config, user, "wrong").granted);
+        let check = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+            .args(["config", "check", "-c"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&check.stdout);
+        assert!(text.contains("10001 user(s)"), "{text}");
+    }
+
+    // A broken line of another user: alice still signs in; `config check` names the line.
+    std::fs::write(
+        &file,
+        format!("{lines}user10000:$apr1$L.uqVY/L$VhwY98cFoaBkB77YVLeTS0\n"),
+    )
+    .unwrap();
+    let out = pipe(&small, "alice", "pw-alice");
+    assert!(out.granted, "{}", out.log);
+    let check = Command::new(env!("CARGO_BIN_EXE_check-duo"))
+        .args(["config", "check", "-c"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success());
+    assert!(
+        text.contains("line 10002") && text.contains("APR1-MD5"),
+        "{text}"
+    );
+    // alice's own line broken: an error naming the file and the line, never a grant.
+    std::fs::write(&file, lines.replacen("alice:$2y$", "alice:$2y$05$short", 1)).unwrap();
+    let out = pipe(&small, "alice", "pw-alice");
+    assert!(!out.granted);
+    assert!(out.log.contains("users.htpasswd line 1"), "{}", out.log);
 }
