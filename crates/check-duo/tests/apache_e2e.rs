@@ -196,27 +196,9 @@ fn world(test: &str, opts: Options) -> Option<World> {
 /// `htpasswd -c -i -B FILE user` with the password on stdin: the file as Apache's tool writes it
 /// (bcrypt at the lowest cost: a debug build checks it on every cold request).
 fn write_htpasswd(file: &Path, user: &str, password: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(HTPASSWD)
-        .args(["-c", "-i", "-B", "-C", "4"])
-        .arg(file)
-        .arg(user)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "htpasswd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new(HTPASSWD);
+    cmd.args(["-c", "-i", "-B", "-C", "4"]).arg(file).arg(user);
+    support::process::run_with_input(cmd, password.as_bytes());
     let text = fs::read_to_string(file).unwrap();
     assert!(text.starts_with(&format!("{user}:$2y$04$")), "{text}");
 }

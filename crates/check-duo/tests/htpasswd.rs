@@ -13,8 +13,8 @@ use std::time::Duration;
 use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
-use support::process::{run_as_authenticator, wait_until};
-use support::serve::{http, sign_in_over_http, Serve};
+use support::process::{wait_until, write_json as write};
+use support::serve::{sign_in_over_http, Serve};
 use support::world::start_sim;
 
 const IKEY: &str = "DIHTPASSWDTESTXXXXXX";
@@ -78,26 +78,8 @@ fn world(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, SimHandle, PathBuf
     (dir, sim, file, cfg)
 }
 
-fn write(path: &Path, v: &Value) -> PathBuf {
-    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-    path.to_path_buf()
-}
-
 fn pipe(config: &Path, user: &str, password: &str) -> support::process::Ran {
-    let env = [
-        ("IP", "192.0.2.7".to_string()),
-        ("URI", "/private/".to_string()),
-        ("HTTP_HOST", "app.example.test".to_string()),
-        ("COOKIE", format!("formsession={user}-cookie")),
-    ];
-    let exe = Path::new(env!("CARGO_BIN_EXE_check-duo"));
-    run_as_authenticator(
-        exe,
-        config,
-        &env,
-        format!("{user}\n{password}\n").as_bytes(),
-        |_| {},
-    )
+    support::process::pipe_request(config, user, password, &format!("{user}-cookie"))
 }
 
 #[test]
@@ -189,18 +171,7 @@ fn serve_reads_the_file_again_and_groups_reach_the_headers_and_rules() {
         {"path": "/admin/*", "policy": "deny"}
     ]});
     let s = Serve::start(&dir.path().join("serve"), cfg, false);
-    let ask = |path: &str, cookie: &str| {
-        http(
-            "GET",
-            &s.url("/api/authz/auth-request"),
-            &[
-                ("X-Original-URL", &format!("http://{APP}{path}")),
-                ("X-Original-Method", "GET"),
-                ("Cookie", cookie),
-            ],
-            None,
-        )
-    };
+    let ask = |path: &str, cookie: &str| s.auth_request(&format!("http://{APP}{path}"), cookie);
     let sign_in = |user: &str, pw: &str| {
         let r = ask("/private/", "");
         assert_eq!(r.status, 401);

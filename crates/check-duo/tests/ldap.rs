@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use check_duo::ldap::{LdapConfig, LdapDirectory, RawLdap};
@@ -17,7 +17,7 @@ use check_duo_core::ports::{Directory, DirectoryAnswer, DirectoryCheck};
 use duo_sim::{Behaviours, PushKind, SimHandle, UserBehaviour};
 use serde_json::{json, Value};
 
-use support::process::{run_as_authenticator, wait_until};
+use support::process::{wait_until, write_json as write};
 use support::serve::{http, sign_in_over_http, Jar, Serve};
 use support::slapd::{self, Slapd, SUFFIX};
 use support::world::start_sim;
@@ -266,27 +266,8 @@ fn world(behaviours: Behaviours, recheck: u64) -> (tempfile::TempDir, Slapd, Sim
     (dir, ldap, sim, cfg)
 }
 
-fn write(path: &Path, v: &Value) -> PathBuf {
-    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-    path.to_path_buf()
-}
-
-/// One pipe-mode request of `user` with `password` and the session cookie `cookie`.
 fn pipe(config: &Path, user: &str, password: &str, cookie: &str) -> support::process::Ran {
-    let env = [
-        ("IP", "192.0.2.7".to_string()),
-        ("URI", "/private/".to_string()),
-        ("HTTP_HOST", "app.example.test".to_string()),
-        ("COOKIE", format!("formsession={cookie}")),
-    ];
-    let exe = Path::new(env!("CARGO_BIN_EXE_check-duo"));
-    run_as_authenticator(
-        exe,
-        config,
-        &env,
-        format!("{user}\n{password}\n").as_bytes(),
-        |_| {},
-    )
+    support::process::pipe_request(config, user, password, cookie)
 }
 
 #[test]
@@ -441,18 +422,7 @@ fn serve_signs_in_directory_users_with_their_groups() {
         {"path": "/admin/*", "policy": "deny"}
     ]});
     let s = Serve::start(&dir.path().join("serve"), cfg, false);
-    let ask = |path: &str, cookie: &str| {
-        http(
-            "GET",
-            &s.url("/api/authz/auth-request"),
-            &[
-                ("X-Original-URL", &format!("http://{APP}{path}")),
-                ("X-Original-Method", "GET"),
-                ("Cookie", cookie),
-            ],
-            None,
-        )
-    };
+    let ask = |path: &str, cookie: &str| s.auth_request(&format!("http://{APP}{path}"), cookie);
     let sign_in_url = || {
         let r = ask("/private/", "");
         assert_eq!(r.status, 401);

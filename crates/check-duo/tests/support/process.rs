@@ -258,3 +258,47 @@ pub fn run_as_authenticator(
         elapsed: started.elapsed(),
     }
 }
+
+/// One protected request of the pipe mode through the real binary: `user` and `password` on
+/// stdin, the session cookie `formsession=COOKIE`, a fixed client and page.
+pub fn pipe_request(config: &Path, user: &str, password: &str, cookie: &str) -> Ran {
+    let env = [
+        ("IP", "192.0.2.7".to_string()),
+        ("URI", "/private/".to_string()),
+        ("HTTP_HOST", "app.example.test".to_string()),
+        ("COOKIE", format!("formsession={cookie}")),
+    ];
+    run_as_authenticator(
+        Path::new(env!("CARGO_BIN_EXE_check-duo")),
+        config,
+        &env,
+        format!("{user}\n{password}\n").as_bytes(),
+        |_| {},
+    )
+}
+
+/// Write `v` as JSON to `path`; the path.
+pub fn write_json(path: &Path, v: &serde_json::Value) -> std::path::PathBuf {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    path.to_path_buf()
+}
+
+/// Run `cmd` with `input` on its stdin and wait for it; panics, with its output, unless it
+/// succeeded.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

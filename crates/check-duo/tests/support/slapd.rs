@@ -350,36 +350,18 @@ impl Slapd {
 
     /// Apply an LDIF change as the directory's root (ldapmodify over StartTLS).
     pub fn modify(&self, ldif: &str) {
-        use std::io::Write as _;
-        let mut child = Command::new(LDAPMODIFY)
-            .args([
-                "-x",
-                "-ZZ",
-                "-H",
-                &self.url(),
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PW,
-            ])
-            .env("LDAPTLS_CACERT", &self.ca_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ldif.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "ldapmodify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = Command::new(LDAPMODIFY);
+        cmd.args([
+            "-x",
+            "-ZZ",
+            "-H",
+            &self.url(),
+            "-D",
+            ADMIN_DN,
+            "-w",
+            ADMIN_PW,
+        ])
+        .env("LDAPTLS_CACERT", &self.ca_file);
+        super::process::run_with_input(cmd, ldif.as_bytes());
     }
 }
