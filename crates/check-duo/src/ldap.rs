@@ -790,16 +790,8 @@ impl LdapDirectory {
     /// user yet (a session that outlived a restart). Empty when the directory cannot say: a
     /// rule for a group then refuses, never grants.
     pub fn groups_of(&self, user: &str) -> Vec<String> {
-        if !self.want_groups || self.cfg.groups == Groups::None {
-            return Vec::new();
-        }
-        if let Some(g) = self
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-        {
-            return g.clone();
+        if let Some(g) = self.known_groups(user) {
+            return g;
         }
         let _ = self.lookup(user, Instant::now() + self.cfg.timeout);
         // Not known (the directory down, or no such user): none until the session's next
@@ -810,6 +802,19 @@ impl LdapDirectory {
             .entry(user.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The user's groups if nothing needs to be asked for them (known, or not wanted): what
+    /// [`LdapDirectory::groups_of`] answers without the network.
+    pub fn known_groups(&self, user: &str) -> Option<Vec<String>> {
+        if !self.want_groups || self.cfg.groups == Groups::None {
+            return Some(Vec::new());
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
     }
 
     /// How many entries the user filter finds with `{username}` as `*` (unescaped): for

@@ -209,7 +209,12 @@ impl App {
         let mut groups = self.cfg.groups.get(user).cloned().unwrap_or_default();
         if let Some(d) = &self.directory {
             if !self.cfg.policy.users.contains_key(user) {
-                groups.extend(d.groups_of(user));
+                // Nothing known of the user yet (a session that outlived a restart): asked once,
+                // on a thread the runtime lets go of.
+                let found = d
+                    .known_groups(user)
+                    .unwrap_or_else(|| tokio::task::block_in_place(|| d.groups_of(user)));
+                groups.extend(found);
                 groups.sort();
                 groups.dedup();
             }
