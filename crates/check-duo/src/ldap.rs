@@ -57,6 +57,9 @@ pub struct RawLdap {
     group_filter: Option<String>,
     group_attribute: Option<String>,
     changed_attribute: Option<String>,
+    /// `serve`'s `Remote-Name` and `Remote-Email` from these attributes of the user's entry.
+    name_attribute: Option<String>,
+    email_attribute: Option<String>,
     timeout: Option<u64>,
     recheck: Option<u64>,
 }
@@ -102,6 +105,10 @@ pub struct LdapConfig {
     /// An attribute of the user's entry that changes with the password (`pwdLastSet`,
     /// `pwdChangedTime`): its value is the session's stamp.
     pub changed_attribute: Option<String>,
+    /// Attributes of the user's entry sent as `Remote-Name` (`displayName`) and `Remote-Email`
+    /// (`mail`) by `serve`.
+    pub name_attribute: Option<String>,
+    pub email_attribute: Option<String>,
     pub timeout: Duration,
     pub recheck: Duration,
 }
@@ -364,6 +371,14 @@ impl LdapConfig {
                 ));
             }
         }
+        for (key, a) in [
+            ("name_attribute", &raw.name_attribute),
+            ("email_attribute", &raw.email_attribute),
+        ] {
+            if a.as_deref().is_some_and(|a| !attribute_name(a)) {
+                return Err(e(key, "not an attribute name (displayName, mail)".into()));
+            }
+        }
         let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if !(1..=60).contains(&timeout) {
             return Err(e("timeout", "must be 1..=60 seconds".into()));
@@ -384,6 +399,8 @@ impl LdapConfig {
             group_base_dn,
             groups,
             changed_attribute: raw.changed_attribute.clone(),
+            name_attribute: raw.name_attribute.clone(),
+            email_attribute: raw.email_attribute.clone(),
             timeout: Duration::from_secs(timeout),
             recheck: Duration::from_secs(recheck),
         })
@@ -465,6 +482,17 @@ struct Found {
     member_of: Vec<String>,
     /// `changed_attribute`'s values, joined ("" without one).
     stamp: String,
+    /// The first values of `name_attribute` and `email_attribute`, where a header can carry
+    /// them.
+    profile: Profile,
+}
+
+/// A user's name and address as `serve` sends them (`Remote-Name`, `Remote-Email`).
+pub type Profile = (Option<String>, Option<String>);
+
+/// A directory value a header can carry as it is: visible ASCII and spaces, 1 to 256 bytes.
+fn header_value(v: &str) -> bool {
+    !v.trim().is_empty() && v.len() <= 256 && v.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> DirectoryError {
@@ -496,6 +524,8 @@ pub struct LdapDirectory {
     pool: Mutex<Vec<(Instant, Ldap)>>,
     /// Each user's groups as the directory last said (on a sign-in or a re-check).
     groups: Mutex<HashMap<String, Vec<String>>>,
+    /// And their names and addresses.
+    profiles: Mutex<HashMap<String, Profile>>,
 }
 
 impl std::fmt::Debug for LdapDirectory {
@@ -516,6 +546,7 @@ impl LdapDirectory {
             tls: OnceLock::new(),
             pool: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
+            profiles: Mutex::new(HashMap::new()),
         }
     }
 
@@ -660,6 +691,12 @@ impl LdapDirectory {
         if let Some(a) = &cfg.changed_attribute {
             attrs.push(a);
         }
+        for a in [&cfg.name_attribute, &cfg.email_attribute]
+            .into_iter()
+            .flatten()
+        {
+            attrs.push(a);
+        }
         let res = ldap
             .with_search_options(SearchOptions::new().sizelimit(2))
             .search(&cfg.base_dn, Scope::Subtree, &filter, attrs)
@@ -719,10 +756,17 @@ impl LdapDirectory {
             }
             None => String::new(),
         };
+        let mut first = |a: &Option<String>| {
+            a.as_deref()
+                .and_then(|a| take(a).into_iter().next())
+                .filter(|v| header_value(v))
+        };
+        let profile = (first(&cfg.name_attribute), first(&cfg.email_attribute));
         Ok(Some(Found {
             dn: entry.dn,
             member_of,
             stamp,
+            profile,
         }))
     }
 
@@ -772,6 +816,24 @@ impl LdapDirectory {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    fn remember_profile(&self, user: &str, profile: Option<Profile>) {
+        let mut cache = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
+        match profile {
+            Some(p) => cache.insert(user.to_string(), p),
+            None => cache.remove(user),
+        };
+    }
+
+    /// The user's name and address as the directory last said (none until it was asked).
+    pub fn profile_of(&self, user: &str) -> Profile {
+        self.profiles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn remember_groups(&self, user: &str, groups: Option<Vec<String>>) {
@@ -899,6 +961,7 @@ impl Directory for LdapDirectory {
                 0 => {
                     if groups.is_some() {
                         self.remember_groups(user, groups);
+                        self.remember_profile(user, Some(found.profile));
                     }
                     Ok(DirectoryCheck::new(DirectoryAnswer::Valid, found.stamp))
                 }
@@ -923,17 +986,19 @@ impl Directory for LdapDirectory {
                 None
             };
             self.give_back(ldap);
-            Ok(Some((found.stamp, groups)))
+            Ok(Some((found.stamp, groups, found.profile)))
         })?;
         match answer {
-            Some((stamp, groups)) => {
+            Some((stamp, groups, profile)) => {
                 if groups.is_some() {
                     self.remember_groups(user, groups);
+                    self.remember_profile(user, Some(profile));
                 }
                 Ok(DirectoryCheck::new(DirectoryAnswer::Valid, stamp))
             }
             None => {
                 self.remember_groups(user, None);
+                self.remember_profile(user, None);
                 Ok(DirectoryCheck::new(DirectoryAnswer::UnknownUser, ""))
             }
         }

@@ -417,6 +417,8 @@ fn serve_signs_in_directory_users_with_their_groups() {
     let (dir, mut ldap, sim, mut cfg) = world(manual(), RECHECK);
     // Groups from the config and the directory together.
     cfg["groups"] = json!({"ops": ["bob"]});
+    cfg["ldap"]["name_attribute"] = json!("displayName");
+    cfg["ldap"]["email_attribute"] = json!("mail");
     cfg["server"] = json!({"rules": [
         {"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
         {"path": "/admin/*", "policy": "deny"}
@@ -441,9 +443,16 @@ fn serve_signs_in_directory_users_with_their_groups() {
         (200, Some("alice"), Some("admins,staff"))
     );
     assert_eq!(
-        ask("/private/", &bob).header("remote-groups"),
-        Some("ops,staff")
+        (r.header("remote-name"), r.header("remote-email")),
+        (Some("Alice Liddell"), Some("alice@example.org"))
     );
+    let r = ask("/private/", &bob);
+    assert_eq!(r.header("remote-groups"), Some("ops,staff"));
+    assert_eq!(
+        (r.header("remote-name"), r.header("remote-email")),
+        (None, Some("bob@example.org"))
+    );
+    assert_eq!(ask("/private/", &carol).header("remote-name"), None);
     assert_eq!(ask("/admin/x", &alice).status, 200);
     assert_eq!(ask("/admin/x", &bob).status, 403);
     let metrics = http("GET", &s.url("/metrics"), &[], None).body;

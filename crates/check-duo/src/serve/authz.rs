@@ -88,11 +88,19 @@ impl Identity {
         let Answer::Allow(Some(user)) = answer else {
             return Identity::default();
         };
-        let profile = app.cfg.profiles.get(user);
+        // The groups first: for a directory user nothing is known of yet, they ask.
+        let groups = app.groups(user).join(",");
+        let (name, email) = match app.cfg.profiles.get(user) {
+            Some(p) => (p.name.clone(), p.email.clone()),
+            None => match &app.directory {
+                Some(d) if !app.cfg.policy.users.contains_key(user) => d.profile_of(user),
+                _ => (None, None),
+            },
+        };
         Identity {
-            groups: app.groups(user).join(","),
-            name: profile.and_then(|p| p.name.clone()),
-            email: profile.and_then(|p| p.email.clone()),
+            groups,
+            name,
+            email,
         }
     }
 }

@@ -202,9 +202,17 @@ userPassword: {SERVICE_PW}
     t += &person(
         "alice",
         "alice",
-        &format!("seeAlso: cn=admins,ou=groups,{SUFFIX}\nseeAlso: cn=staff,ou=groups,{SUFFIX}\n"),
+        &format!(
+            "seeAlso: cn=admins,ou=groups,{SUFFIX}\nseeAlso: cn=staff,ou=groups,{SUFFIX}\n\
+             displayName: Alice Liddell\nmail: alice@example.org\n"
+        ),
     );
-    t += &person("bob", "bob", "");
+    // A name no header can carry as it is: not sent.
+    t += &person(
+        "bob",
+        "bob",
+        "displayName: Bob \u{e9}\nmail: bob@example.org\n",
+    );
     t += &person("carol", "carol", "");
     t += &person("o'brien*", "o'brien*", "");
     t += &person("a(b)", "a(b)", "");
