@@ -240,18 +240,7 @@ fn write_site(docroot: &Path) {
         .unwrap();
         let _ = writeln!(page, "<div id=\"box{i}\"></div>");
     }
-    for i in 0..8 {
-        let _ = writeln!(page, "<img class=\"asset\" src=\"img/{i}.svg\" alt=\"\">");
-        fs::write(
-            private.join(format!("img/{i}.svg")),
-            format!(
-                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"10\">\
-                 <rect width=\"{w}\" height=\"10\" fill=\"#2d7d3a\"/></svg>\n",
-                w = 10 + i
-            ),
-        )
-        .unwrap();
-    }
+    support::write_images(&private, 8, &mut page);
     let _ = writeln!(page, "<h1 id=\"secret\">{SECRET}</h1>");
     // What a page's background poll fetches.
     fs::write(private.join("api/poll.json"), "{\"new_messages\": 0}\n").unwrap();

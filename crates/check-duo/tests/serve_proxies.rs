@@ -113,18 +113,7 @@ fn write_site(docroot: &Path) {
     )
     .unwrap();
     let mut page = String::from("<!doctype html><title>assets</title>\n");
-    for i in 0..IMAGES {
-        let _ = writeln!(page, "<img class=\"asset\" src=\"img/{i}.svg\" alt=\"\">");
-        fs::write(
-            private.join(format!("img/{i}.svg")),
-            format!(
-                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"10\">\
-                 <rect width=\"{w}\" height=\"10\" fill=\"#2d7d3a\"/></svg>\n",
-                w = 10 + i
-            ),
-        )
-        .unwrap();
-    }
+    support::write_images(&private, IMAGES, &mut page);
     let _ = writeln!(page, "<h1 id=\"secret\">{SECRET}</h1>");
     fs::write(private.join("assets.html"), page).unwrap();
     let cgi = private.join("env.cgi");

@@ -69,3 +69,22 @@ pub fn replace_each(text: &str, substitutions: &[(&str, &str)], file: &str) -> S
             replace_once(&t, from, to, file)
         })
 }
+
+/// `n` protected images of a test page: `dir/img/{i}.svg`, each `10 + i` pixels wide (so that a
+/// browser's rendering tells them apart), and their `<img class="asset">` tags added to `page`.
+/// `dir/img` must exist.
+pub fn write_images(dir: &Path, n: usize, page: &mut String) {
+    use std::fmt::Write as _;
+    for i in 0..n {
+        let _ = writeln!(page, "<img class=\"asset\" src=\"img/{i}.svg\" alt=\"\">");
+        std::fs::write(
+            dir.join(format!("img/{i}.svg")),
+            format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"10\">\
+                 <rect width=\"{w}\" height=\"10\" fill=\"#2d7d3a\"/></svg>\n",
+                w = 10 + i
+            ),
+        )
+        .unwrap();
+    }
+}
