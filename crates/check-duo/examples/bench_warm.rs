@@ -16,6 +16,9 @@
 //! to the same interleaved loop, on each config it grants (older builds refuse a config over
 //! 1 MiB), for a before/after from one run. It gets store files of its own (builds may keep the
 //! file differently: WAL or not), with its own sessions approved once.
+//!
+//! `BENCH_KEEP=1` keeps the directory with the configs and stores (its path is printed), for
+//! `perf stat` or `strace` of one warm request after the bench.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fmt::Write as _;
@@ -328,4 +331,7 @@ fn main() {
     }
     let peak_base = (0..5).filter_map(|_| peak_kib(truth, &[], &stdin)).max();
     row("/bin/true", &mut base, peak_base);
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("kept: {}", dir.keep().display());
+    }
 }
