@@ -3,7 +3,9 @@
 //! `ldap://127.0.0.1:PORT` in the test's temporary directory, without root (as root in CI it
 //! simply stays root: no `-u`/`-g` needed). StartTLS with a CA and a server certificate made by
 //! rcgen for the test; simple binds need TLS (`olcSecurity: simple_bind=128`), so a test that
-//! passes proves the client really did StartTLS. Stopped when dropped.
+//! passes proves the client really did StartTLS. Optionally with the `memberof` overlay
+//! ([`Slapd::start_with_memberof`]), which keeps each user's `memberOf` as the groups' `member`
+//! values are written. Stopped when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +18,8 @@ use super::process::{free_port, wait_for_port, ChildGuard};
 pub const SLAPD: &str = "/usr/sbin/slapd";
 pub const SLAPADD: &str = "/usr/sbin/slapadd";
 pub const LDAPMODIFY: &str = "/usr/bin/ldapmodify";
+/// The `memberof` overlay's module (in `olcModulePath`).
+pub const MEMBEROF_MODULE: &str = "/usr/lib/ldap/memberof.la";
 
 pub const SUFFIX: &str = "dc=example,dc=test";
 pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=test";
@@ -34,6 +38,11 @@ pub fn available(test: &str) -> bool {
             ("ldapmodify (ldap-utils)", LDAPMODIFY),
         ],
     )
+}
+
+/// [`available`], and the `memberof` overlay too.
+pub fn memberof_available(test: &str) -> bool {
+    available(test) && super::tools_present(test, &[("the memberof overlay", MEMBEROF_MODULE)])
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -95,8 +104,23 @@ pub struct Slapd {
     child: Option<ChildGuard>,
 }
 
-fn config_ldif(dir: &Path) -> String {
+/// The cn=config LDIF; with `memberof`, the overlay's module is loaded and the overlay (its
+/// defaults: `groupOfNames`, `member`, `memberOf`) is on the database.
+fn config_ldif(dir: &Path, memberof: bool) -> String {
     let d = dir.display();
+    let (module, overlay) = if memberof {
+        (
+            "olcModuleLoad: memberof\n",
+            "
+dn: olcOverlay={0}memberof,olcDatabase={1}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcMemberOf
+olcOverlay: {0}memberof
+",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         "dn: cn=config
 objectClass: olcGlobal
@@ -112,7 +136,7 @@ objectClass: olcModuleList
 cn: module{{0}}
 olcModulePath: /usr/lib/ldap
 olcModuleLoad: back_mdb
-
+{module}
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
 cn: schema
@@ -141,13 +165,13 @@ olcRootPW: {ADMIN_PW}
 olcDbMaxSize: 16777216
 olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
 olcAccess: {{1}}to * by dn.exact=\"{SERVICE_DN}\" read by self read by * none
-"
+{overlay}"
     )
 }
 
-/// The test tree: people (alice, bob, carol, `o'brien*`, `a(b)`, `back\slash`, and dora,
-/// disabled), groups (admins: alice; staff: alice, bob and `o'brien*`; alice's also in her
-/// `seeAlso`), the service account.
+/// The test tree without the groups' entries: people (alice, bob, carol, `o'brien*`, `a(b)`,
+/// `back\slash`, and dora, disabled; alice's groups also in her `seeAlso`), `ou=groups`, the
+/// service account.
 /// Each user's password is `pw-` and the name.
 pub fn tree() -> String {
     let person = |rdn: &str, uid: &str, extra: &str| {
@@ -161,14 +185,6 @@ userPassword: pw-{uid}
 {extra}
 "
         )
-    };
-    let group = |cn: &str, members: &[&str]| {
-        let mut s =
-            format!("dn: cn={cn},ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: {cn}\n");
-        for m in members {
-            s.push_str(&format!("member: uid={m},ou=people,{SUFFIX}\n"));
-        }
-        s + "\n"
     };
     let mut t = format!(
         "dn: {SUFFIX}
@@ -218,9 +234,23 @@ userPassword: {SERVICE_PW}
     t += &person("a(b)", "a(b)", "");
     t += &person("back\\5Cslash", "back\\slash", "");
     t += &person("dora", "dora", "employeeType: disabled\n");
-    t += &group("admins", &["alice"]);
-    t += &group("staff", &["alice", "bob", "o'brien*"]);
     t
+}
+
+/// The groups' entries (`groupOfNames`, `member`): admins (alice), staff (alice, bob and
+/// `o'brien*`). With `add`, as LDIF changes (`changetype: add`) for [`Slapd::modify`].
+pub fn groups(add: bool) -> String {
+    let change = if add { "changetype: add\n" } else { "" };
+    let group = |cn: &str, members: &[&str]| {
+        let mut s = format!(
+            "dn: cn={cn},ou=groups,{SUFFIX}\n{change}objectClass: groupOfNames\ncn: {cn}\n"
+        );
+        for m in members {
+            s.push_str(&format!("member: uid={m},ou=people,{SUFFIX}\n"));
+        }
+        s + "\n"
+    };
+    group("admins", &["alice"]) + &group("staff", &["alice", "bob", "o'brien*"])
 }
 
 /// The user filter of the tests: enabled people only.
@@ -240,8 +270,19 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 impl Slapd {
-    /// Build the directory in `dir` (created) with [`tree`] and start it.
+    /// Build the directory in `dir` (created) with [`tree`] and [`groups`] and start it.
     pub fn start(dir: &Path) -> Slapd {
+        Slapd::build(dir, false)
+    }
+
+    /// [`Slapd::start`] with the `memberof` overlay. The overlay keeps `memberOf` on writes of
+    /// `member` only, never on `slapadd`'s loading: the groups are added over LDAP once the
+    /// server is up (each add answered after the overlay has written the members' entries).
+    pub fn start_with_memberof(dir: &Path) -> Slapd {
+        Slapd::build(dir, true)
+    }
+
+    fn build(dir: &Path, memberof: bool) -> Slapd {
         std::fs::create_dir_all(dir.join("slapd.d")).unwrap();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let (ca_pem, issuer) = make_ca("slapd test CA");
@@ -252,8 +293,13 @@ impl Slapd {
         std::fs::write(dir.join("server.key"), key).unwrap();
         std::fs::write(dir.join("wrong-ca.pem"), wrong_pem).unwrap();
         std::fs::write(dir.join("service.pw"), format!("{SERVICE_PW}\n")).unwrap();
-        std::fs::write(dir.join("config.ldif"), config_ldif(dir)).unwrap();
-        std::fs::write(dir.join("tree.ldif"), tree()).unwrap();
+        std::fs::write(dir.join("config.ldif"), config_ldif(dir, memberof)).unwrap();
+        let loaded = if memberof {
+            tree()
+        } else {
+            tree() + &groups(false)
+        };
+        std::fs::write(dir.join("tree.ldif"), loaded).unwrap();
         run(
             Command::new(SLAPADD)
                 .args(["-n0", "-F"])
@@ -279,6 +325,9 @@ impl Slapd {
             child: None,
         };
         s.resume();
+        if memberof {
+            s.modify(&groups(true));
+        }
         s
     }
 
