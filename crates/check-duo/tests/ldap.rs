@@ -4,7 +4,8 @@
 //! the filter, the directory down denies with its reason whatever the fail mode, and a session
 //! of a user removed from the directory (or whose password changed) ends after `ldap.recheck`.
 //! Through the directory client itself, the real binary in the pipe mode with duo-sim, and
-//! `serve` with its portal over HTTP (groups in `Remote-Groups` and a group rule).
+//! `serve` with its portal over HTTP (groups in `Remote-Groups` and a group rule), the groups
+//! from a search or from `memberOf` as the `memberof` overlay keeps it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -150,21 +151,6 @@ fn the_directory_client_binds_escapes_and_refuses() {
     // The count `config check` shows: the enabled people.
     assert_eq!(d.count_users(1000).unwrap(), (6, false));
 
-    // Groups from an attribute of the user's entry (as `memberOf`): the first RDN of each DN.
-    let mut by_attribute = ldap.section();
-    let section = by_attribute.as_object_mut().unwrap();
-    section.remove("group_filter");
-    section.remove("group_base_dn");
-    section.insert("group_attribute".into(), json!("seeAlso"));
-    let d2 = directory(&by_attribute, true);
-    assert_eq!(
-        ans(d2.verify("alice", "pw-alice", soon())),
-        Ok(DirectoryAnswer::Valid)
-    );
-    assert_eq!(d2.groups_of("alice"), ["admins", "staff"]);
-    assert_eq!(ans(d2.lookup("bob", soon())), Ok(DirectoryAnswer::Valid));
-    assert!(d2.groups_of("bob").is_empty());
-
     // StartTLS with a CA that did not sign the server's certificate: refused.
     let mut wrong = ldap.section();
     wrong["ca_file"] = json!(ldap.wrong_ca_file);
@@ -250,8 +236,17 @@ fn manual() -> Behaviours {
 /// `ldap.recheck` `recheck`,
 /// `failmode: "safe"` (the directory down must deny all the same), sessions in the dir.
 fn world(behaviours: Behaviours, recheck: u64) -> (tempfile::TempDir, Slapd, SimHandle, Value) {
+    world_of(Slapd::start, behaviours, recheck)
+}
+
+/// [`world`] with the directory `start` starts.
+fn world_of(
+    start: fn(&Path) -> Slapd,
+    behaviours: Behaviours,
+    recheck: u64,
+) -> (tempfile::TempDir, Slapd, SimHandle, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let ldap = Slapd::start(&dir.path().join("slapd"));
+    let ldap = start(&dir.path().join("slapd"));
     let (sim, ca) = start_sim(IKEY, SKEY, behaviours, dir.path());
     let mut section = ldap.section();
     section["recheck"] = json!(recheck);
@@ -530,6 +525,74 @@ fn serve_signs_in_directory_users_with_their_groups() {
         Some("admins,staff")
     );
     s.stop();
+}
+
+/// Groups from `memberOf` as the `memberof` overlay keeps it (an operational attribute, returned
+/// only when asked for by name), the groups being `groupOfNames` entries with `member` values.
+#[test]
+fn groups_from_the_memberof_overlay() {
+    if !slapd::memberof_available("ldap memberOf") {
+        return;
+    }
+    let (dir, ldap, sim, mut cfg) = world_of(Slapd::start_with_memberof, manual(), 300);
+    let section = cfg["ldap"].as_object_mut().unwrap();
+    section.remove("group_filter");
+    section.remove("group_base_dn");
+    section.insert("group_attribute".into(), json!("memberOf"));
+    let section = cfg["ldap"].clone();
+
+    // The directory client: the first RDN of each DN; a user in two groups, in one, in none.
+    let d = directory(&section, true);
+    assert_eq!(
+        ans(d.verify("alice", "pw-alice", soon())),
+        Ok(DirectoryAnswer::Valid)
+    );
+    assert_eq!(d.groups_of("alice"), ["admins", "staff"]);
+    assert_eq!(ans(d.lookup("bob", soon())), Ok(DirectoryAnswer::Valid));
+    assert_eq!(d.groups_of("bob"), ["staff"]);
+    assert_eq!(ans(d.lookup("carol", soon())), Ok(DirectoryAnswer::Valid));
+    assert!(d.groups_of("carol").is_empty());
+
+    // `serve`: the groups in `Remote-Groups` and a rule for one of them.
+    cfg["server"] = json!({"rules": [
+        {"path": "/admin/*", "subject": "group:admins", "policy": "two_factor"},
+        {"path": "/admin/*", "policy": "deny"}
+    ]});
+    let s = Serve::start(&dir.path().join("serve"), cfg, false);
+    let ask = |path: &str, cookie: &str| s.auth_request(&format!("http://{APP}{path}"), cookie);
+    let sign_in = |user: &str| {
+        let r = ask("/private/", "");
+        assert_eq!(r.status, 401);
+        let url = r.header("location").unwrap().to_string();
+        let jar = sign_in_over_http(&url, user, &format!("pw-{user}"), &sim);
+        jar.session_cookie().unwrap()
+    };
+    for (user, groups, admin) in [
+        ("alice", "admins,staff", 200),
+        ("bob", "staff", 403),
+        ("carol", "", 403),
+    ] {
+        let cookie = sign_in(user);
+        let r = ask("/private/", &cookie);
+        assert_eq!(
+            (r.status, r.header("remote-user"), r.header("remote-groups")),
+            (200, Some(user), Some(groups)),
+            "{}",
+            s.log()
+        );
+        assert_eq!(ask("/admin/x", &cookie).status, admin, "{user}");
+    }
+    s.stop();
+
+    // The overlay follows writes of `member`: carol joins admins, bob leaves staff.
+    ldap.modify(&format!(
+        "dn: cn=admins,ou=groups,{SUFFIX}\nchangetype: modify\nadd: member\nmember: uid=carol,ou=people,{SUFFIX}\n\n\
+         dn: cn=staff,ou=groups,{SUFFIX}\nchangetype: modify\ndelete: member\nmember: uid=bob,ou=people,{SUFFIX}\n"
+    ));
+    assert_eq!(ans(d.lookup("carol", soon())), Ok(DirectoryAnswer::Valid));
+    assert_eq!(d.groups_of("carol"), ["admins"]);
+    assert_eq!(ans(d.lookup("bob", soon())), Ok(DirectoryAnswer::Valid));
+    assert!(d.groups_of("bob").is_empty());
 }
 
 #[test]

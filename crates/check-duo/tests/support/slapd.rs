@@ -170,8 +170,7 @@ olcAccess: {{1}}to * by dn.exact=\"{SERVICE_DN}\" read by self read by * none
 }
 
 /// The test tree without the groups' entries: people (alice, bob, carol, `o'brien*`, `a(b)`,
-/// `back\slash`, and dora, disabled; alice's groups also in her `seeAlso`), `ou=groups`, the
-/// service account.
+/// `back\slash`, and dora, disabled), `ou=groups`, the service account.
 /// Each user's password is `pw-` and the name.
 pub fn tree() -> String {
     let person = |rdn: &str, uid: &str, extra: &str| {
@@ -213,15 +212,10 @@ userPassword: {SERVICE_PW}
 
 "
     );
-    // `seeAlso` (a DN attribute of the core schema) lists alice's groups as `memberOf` would
-    // with the overlay: for `ldap.group_attribute`.
     t += &person(
         "alice",
         "alice",
-        &format!(
-            "seeAlso: cn=admins,ou=groups,{SUFFIX}\nseeAlso: cn=staff,ou=groups,{SUFFIX}\n\
-             displayName: Alice Liddell\nmail: alice@example.org\n"
-        ),
+        "displayName: Alice Liddell\nmail: alice@example.org\n",
     );
     // A name no header can carry as it is: not sent.
     t += &person(
