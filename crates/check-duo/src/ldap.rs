@@ -858,6 +858,13 @@ impl LdapDirectory {
         let _ = self.lookup(user, Instant::now() + self.cfg.timeout);
         // Not known (the directory down, or no such user): none until the session's next
         // re-check reads them, rather than a search per request.
+        if self.wants_profile() {
+            self.profiles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(user.to_string())
+                .or_default();
+        }
         self.groups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -866,9 +873,20 @@ impl LdapDirectory {
             .clone()
     }
 
-    /// The user's groups if nothing needs to be asked for them (known, or not wanted): what
-    /// [`LdapDirectory::groups_of`] answers without the network.
+    /// The user's groups if nothing needs to be asked (they are known or not wanted, and so are
+    /// the name and address where `name_attribute` or `email_attribute` wants them): what
+    /// [`LdapDirectory::groups_of`] answers without the network. `None` for a session that
+    /// outlived a restart, whose user the directory was not asked about yet.
     pub fn known_groups(&self, user: &str) -> Option<Vec<String>> {
+        if self.wants_profile()
+            && !self
+                .profiles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(user)
+        {
+            return None;
+        }
         if !self.want_groups || self.cfg.groups == Groups::None {
             return Some(Vec::new());
         }
@@ -877,6 +895,10 @@ impl LdapDirectory {
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
             .cloned()
+    }
+
+    fn wants_profile(&self) -> bool {
+        self.cfg.name_attribute.is_some() || self.cfg.email_attribute.is_some()
     }
 
     /// How many entries the user filter finds with `{username}` as `*` (unescaped): for

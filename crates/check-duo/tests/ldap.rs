@@ -595,6 +595,47 @@ fn groups_from_the_memberof_overlay() {
     assert!(d.groups_of("bob").is_empty());
 }
 
+/// A session that outlived a restart of `serve`, with no groups configured: the user's name and
+/// address (`name_attribute`, `email_attribute`) are asked for at its first request, not at the
+/// session's next re-check.
+#[test]
+fn a_restarted_daemon_asks_for_the_name_and_address_at_the_first_request() {
+    if !slapd::available("ldap serve restart") {
+        return;
+    }
+    let (dir, _ldap, sim, mut cfg) = world(manual(), 300);
+    let section = cfg["ldap"].as_object_mut().unwrap();
+    section.remove("group_filter");
+    section.remove("group_base_dn");
+    section.insert("name_attribute".into(), json!("displayName"));
+    section.insert("email_attribute".into(), json!("mail"));
+    let mut s = Serve::start(&dir.path().join("serve"), cfg, false);
+    let ask = |s: &Serve, cookie: &str| s.auth_request(&format!("http://{APP}/private/"), cookie);
+    let r = ask(&s, "");
+    assert_eq!(r.status, 401);
+    let url = r.header("location").unwrap().to_string();
+    let alice = sign_in_over_http(&url, "alice", "pw-alice", &sim)
+        .session_cookie()
+        .unwrap();
+    let who = |r: &support::serve::Reply| {
+        (
+            r.status,
+            r.header("remote-name").map(str::to_string),
+            r.header("remote-email").map(str::to_string),
+        )
+    };
+    let want = (
+        200,
+        Some("Alice Liddell".to_string()),
+        Some("alice@example.org".to_string()),
+    );
+    assert_eq!(who(&ask(&s, &alice)), want);
+    s.restart(|_| {});
+    assert_eq!(who(&ask(&s, &alice)), want, "{}", s.log());
+    assert_eq!(who(&ask(&s, &alice)), want);
+    s.stop();
+}
+
 #[test]
 fn config_check_reports_the_directory() {
     if !slapd::available("ldap config check") {
