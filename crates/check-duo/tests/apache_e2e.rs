@@ -1,6 +1,7 @@
 //! End to end, through a real browser: headless Chromium → a real Apache configured from the
 //! shipped `deploy/apache/` files → the real `check-duo` binary (run by mod_authnz_external) →
-//! `duo-sim` (in-process) and a real session store (embedded SQLite, or a real redis-server).
+//! `duo-sim` (in-process) and a real session store (embedded SQLite, or a real redis-server);
+//! the users in the config, in an htpasswd file, or in a real slapd (`ldap`).
 //!
 //! Each test builds its own world in its own temp dir on random loopback ports; everything stops
 //! when the test ends. Without apache2/chromium the tests skip loudly, unless
@@ -22,6 +23,7 @@ use serde_json::json;
 use support::apache::{install_login_page, Apache, ApacheSpec, APACHE2, AUTHNZ_EXTERNAL_SO};
 use support::process::chmod;
 use support::redis::{Redis, REDIS_SERVER};
+use support::slapd::{self, Slapd};
 use support::webdriver::{Browser, CHROMEDRIVER, CHROMIUM};
 
 const IKEY: &str = "DIE2EAPACHEXXXXXXXXX";
@@ -58,6 +60,9 @@ struct Options {
     /// alice comes from an htpasswd file written by Apache's `htpasswd -B` (the config has
     /// `htpasswd` and no `usernames`), instead of the config.
     htpasswd: bool,
+    /// alice comes from a real slapd (the config has `ldap`, StartTLS with the server's CA, and
+    /// no `usernames`), with the test tree's password (`pw-alice`), instead of the config.
+    ldap: bool,
 }
 
 impl Default for Options {
@@ -70,15 +75,18 @@ impl Default for Options {
             hashed: true,
             limits: None,
             htpasswd: false,
+            ldap: false,
         }
     }
 }
 
-/// One test's world. Field order is drop order: the browser and Apache go before the simulator.
+/// One test's world. Field order is drop order: the browser and Apache go before the simulator
+/// and the directory.
 struct World {
     browser: Browser,
     apaches: Vec<Apache>,
     _redis: Option<Redis>,
+    slapd: Option<Slapd>,
     sim: SimHandle,
     _dir: tempfile::TempDir,
 }
@@ -97,7 +105,7 @@ fn world(test: &str, opts: Options) -> Option<World> {
     if opts.htpasswd {
         tools.push(("htpasswd (apache2-utils)", HTPASSWD));
     }
-    if !support::tools_present(test, &tools) {
+    if !support::tools_present(test, &tools) || (opts.ldap && !slapd::available(test)) {
         return None;
     }
     let dir = tempfile::Builder::new()
@@ -128,6 +136,14 @@ fn world(test: &str, opts: Options) -> Option<World> {
     chmod(&bin, 0o755);
 
     let redis = (opts.store == Store::Redis).then(|| Redis::start(dir.path()));
+    let slapd = opts.ldap.then(|| {
+        let ldap = Slapd::start(&dir.path().join("slapd"));
+        // Its CA and the service password are read by the program, as Apache's user.
+        chmod(&ldap.dir, 0o755);
+        chmod(&ldap.ca_file, 0o644);
+        chmod(&ldap.service_password_file, 0o644);
+        ldap
+    });
     let cache = match &redis {
         Some(r) => json!({ "url": r.url(), "prefix": "check-duo-e2e:" }),
         None => {
@@ -143,7 +159,9 @@ fn world(test: &str, opts: Options) -> Option<World> {
         "failmode": "secure", "push_timeout": 10, "call_timeout": 5,
     });
     let session = json!({ "name": "formsession", "expiry": opts.expiry });
-    let config = if opts.htpasswd {
+    let config = if let Some(ldap) = &slapd {
+        json!({ "ldap": ldap.section(), "duo": duo, "cache": cache, "session": session })
+    } else if opts.htpasswd {
         let file = dir.path().join("users.htpasswd");
         write_htpasswd(&file, USER, PASSWORD);
         chmod(&file, 0o644);
@@ -188,6 +206,7 @@ fn world(test: &str, opts: Options) -> Option<World> {
         browser,
         apaches,
         _redis: redis,
+        slapd,
         sim,
         _dir: dir,
     })
@@ -823,4 +842,74 @@ fn htpasswd_user_signs_in_through_the_form() {
             .any(|l| l.contains("user=\"alice\"") && l.contains("wrong password")),
         "no denial for the wrong password:\n{log}"
     );
+}
+
+/// A user of a real slapd (the config has `ldap`, StartTLS with the server's CA, and no
+/// `usernames`): the form with the directory's password, the push approved in duo-sim, the
+/// protected page, its assets from the cache without asking the directory again; then, signed
+/// out, a wrong password and a disabled account (in the tree, excluded by the user filter) go
+/// back to the login page without a push.
+#[test]
+fn ldap_user_signs_in_through_the_form() {
+    let Some(w) = world(
+        "ldap_user",
+        Options {
+            push: PushKind::Manual,
+            ldap: true,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let ldap = w.slapd.as_ref().unwrap();
+    // slapd logs each bind as it receives it, so before it answers the program.
+    let binds = |user: &str| {
+        ldap.log()
+            .matches(&format!(
+                "BIND dn=\"uid={user},ou=people,{}\" method=128",
+                slapd::SUFFIX
+            ))
+            .count()
+    };
+    w.login(0, USER, "pw-alice");
+    let push = w
+        .sim
+        .wait_for_pending(PAGE)
+        .unwrap_or_else(|| panic!("no push was sent\n{}\n{}", w.error_logs(), ldap.log()));
+    assert_eq!(push.username, USER);
+    assert!(w.sim.approve(&push.txid));
+    w.wait_for_protected("/private/");
+    assert_eq!(w.counters().auth, 1);
+    let signed_in = binds(USER);
+    assert!(signed_in >= 1, "alice never bound:\n{}", ldap.log());
+    // The next page and its 20 assets are the cache's: no push, no bind.
+    w.browser.goto(&w.apache(0).url("/private/assets.html"));
+    w.wait_for_protected("/private/assets.html");
+    assert_eq!(w.counters().auth, 1, "{:?}", w.counters());
+    assert_eq!(binds(USER), signed_in, "{}", ldap.log());
+
+    w.browser.goto(&w.apache(0).url("/logout"));
+    w.wait_for_login_page();
+    w.login(0, USER, "pw-bob");
+    w.wait_for_login_page();
+    // dora's own password: the filter excludes her before any bind as her.
+    w.login(0, "dora", "pw-dora");
+    w.wait_for_login_page();
+    let c = w.counters();
+    assert_eq!(
+        (c.preauth, c.auth),
+        (1, 1),
+        "a refused sign-in reached Duo: {c:?}"
+    );
+    assert_eq!(w.pushes().len(), 1);
+    assert!(binds(USER) > signed_in, "{}", ldap.log());
+    assert_eq!(binds("dora"), 0, "{}", ldap.log());
+    let log = w.error_logs();
+    for (user, event) in [("alice", "password_failure"), ("dora", "unknown_user")] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("user=\"{user}\""))
+                && l.contains(&format!("event={event}"))),
+            "no {event} for {user}:\n{log}"
+        );
+    }
 }
