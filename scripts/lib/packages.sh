@@ -16,8 +16,9 @@ CHECK_DUO_DEMO_SERVE_PACKAGES=(nginx apache2-utils)
 # package test fails on any lintian error or warning) and systemd (its systemd-analyze verifies
 # check-duo-serve.service in the package test; the unit is not started), and nginx and caddy
 # (the proxies in front of check-duo serve in tests/serve_proxies.rs; and haproxy, same), and
-# OpenLDAP's slapd with ldap-utils (tests/ldap.rs builds a directory of its own with slapadd,
-# runs slapd unprivileged on a loopback port and changes entries with ldapmodify).
+# OpenLDAP's slapd with ldap-utils (tests/ldap.rs and tests/apache_e2e.rs build a directory of
+# their own with slapadd, run slapd unprivileged on a loopback port and change entries with
+# ldapmodify).
 CHECK_DUO_PACKAGES=(
   "${CHECK_DUO_DEMO_PACKAGES[@]}"
   redis-server redis-sentinel chromium chromium-driver ca-certificates sudo time wrk
