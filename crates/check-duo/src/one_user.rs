@@ -593,6 +593,8 @@ mod tests {
             r#"{"usernames": {"b":: "B", "alice": "A"}}"#,
             r#"{"usernames": {"b": "B",, "alice": "A"}}"#,
             r#"{"usernames": {"b" "B", "alice": "A"}}"#,
+            r#"{"usernames": {"b" x "B", "alice": "A"}}"#,
+            r#"{"usernames": {"b" , "B", "alice": "A"}}"#,
             r#"{"usernames": {"b": "B", "c": "C" "alice": "A"}}"#,
             r#"{"usernames": {"b": "B", x"c": "C", "alice": "A"}}"#,
             r#"{"usernames": {"b": "B", "c": ["C"], "alice": "A"}}"#,
