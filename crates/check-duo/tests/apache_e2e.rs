@@ -293,6 +293,21 @@ impl World {
         b.click_to_leave(&submit);
     }
 
+    /// Sign alice in on the first Apache with `password`: the form, her push approved in
+    /// duo-sim, the protected page, one Duo auth call. On no push, fail with the Apache logs
+    /// (and slapd's, for a directory user).
+    fn sign_in_with_push(&self, password: &str) {
+        self.login(0, USER, password);
+        let push = self.sim.wait_for_pending(PAGE).unwrap_or_else(|| {
+            let slapd = self.slapd.as_ref().map(Slapd::log).unwrap_or_default();
+            panic!("no push was sent\n{}\n{slapd}", self.error_logs())
+        });
+        assert_eq!(push.username, USER);
+        assert!(self.sim.approve(&push.txid));
+        self.wait_for_protected("/private/");
+        assert_eq!(self.counters().auth, 1);
+    }
+
     /// Wait until the browser has loaded `path`; on timeout, fail with the Apache logs.
     fn wait_for_path(&self, path: &str) {
         if let Err(e) = self.browser.wait_for_path(path, PAGE) {
@@ -640,11 +655,7 @@ fn two_apaches_share_one_redis_session() {
     ) else {
         return;
     };
-    w.login(0, USER, PASSWORD);
-    let push = w.sim.wait_for_pending(PAGE).expect("a push");
-    assert!(w.sim.approve(&push.txid));
-    w.wait_for_protected("/private/");
-    assert_eq!(w.counters().auth, 1);
+    w.sign_in_with_push(PASSWORD);
 
     // Cookies ignore ports: the browser sends the same cookie to the second instance, which
     // decrypts it with the shared passphrase and finds the approval in the shared Redis.
@@ -811,15 +822,7 @@ fn htpasswd_user_signs_in_through_the_form() {
     ) else {
         return;
     };
-    w.login(0, USER, PASSWORD);
-    let push = w
-        .sim
-        .wait_for_pending(PAGE)
-        .unwrap_or_else(|| panic!("no push was sent\n{}", w.error_logs()));
-    assert_eq!(push.username, USER);
-    assert!(w.sim.approve(&push.txid));
-    w.wait_for_protected("/private/");
-    assert_eq!(w.counters().auth, 1);
+    w.sign_in_with_push(PASSWORD);
     // The next page is the cache's.
     w.browser.goto(&w.apache(0).url("/private/assets.html"));
     w.wait_for_protected("/private/assets.html");
@@ -871,15 +874,7 @@ fn ldap_user_signs_in_through_the_form() {
             ))
             .count()
     };
-    w.login(0, USER, "pw-alice");
-    let push = w
-        .sim
-        .wait_for_pending(PAGE)
-        .unwrap_or_else(|| panic!("no push was sent\n{}\n{}", w.error_logs(), ldap.log()));
-    assert_eq!(push.username, USER);
-    assert!(w.sim.approve(&push.txid));
-    w.wait_for_protected("/private/");
-    assert_eq!(w.counters().auth, 1);
+    w.sign_in_with_push("pw-alice");
     let signed_in = binds(USER);
     assert!(signed_in >= 1, "alice never bound:\n{}", ldap.log());
     // The next page and its 20 assets are the cache's: no push, no bind.
